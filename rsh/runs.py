@@ -1,0 +1,86 @@
+"""Running one config in one workdir: config.json, dispatch, results.json.
+
+Shared by `rsh.main` (one run) and `rsh.reproduce` (many runs); neither is
+imported by anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from rsh import methods
+
+# Keys that may change between a run and its resumption (how long, how often),
+# as opposed to keys that define what is trained.
+RESUMABLE_CHANGES = ("train.num_steps", "train.eval_every", "train.log_every",
+                     "train.checkpoint_every", "train.progress")
+
+
+class ConfigMismatchError(RuntimeError):
+  """The workdir holds a run of a different config."""
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def config_to_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
+
+
+def _write_json(path: pathlib.Path, obj) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def check_workdir(config, workdir: pathlib.Path, allow_config_change: bool = False) -> None:
+  """Refuses to resume into a workdir trained with a different config."""
+  path = workdir / "config.json"
+  if not path.exists():
+    return
+  old = _flatten(json.loads(path.read_text()))
+  new = _flatten(config_to_dict(config))
+  diff = sorted(k for k in set(old) | set(new)
+                if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+  if diff and not allow_config_change:
+    shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
+    raise ConfigMismatchError(
+        f"{workdir} holds a run of a different config ({shown}); use another "
+        "--workdir, or --allow_config_change to resume into it anyway")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+        allow_config_change: bool = False) -> dict:
+  """Trains and evaluates `config` in `workdir`; returns and writes results.json."""
+  workdir = pathlib.Path(workdir)
+  module = methods.get(config.method)
+  check_workdir(config, workdir, allow_config_change)
+  workdir.mkdir(parents=True, exist_ok=True)
+  _write_json(workdir / "config.json", config_to_dict(config))
+  results = module.train_and_evaluate(config, workdir)
+  _write_json(workdir / "results.json", results)
+  return results
+
+
+def load_results(workdir: str | os.PathLike) -> dict | None:
+  path = pathlib.Path(workdir) / "results.json"
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def summary_line(results: dict) -> str:
+  keys = [k for k in ("map@100", "precision@20", "map@100/nonbinary") if k in results.get("metrics", {})]
+  shown = " ".join(f"{k}={results['metrics'][k]:.4f}" for k in keys)
+  return f"{results.get('method')} ({results.get('variant', '')}, {results.get('bits')} bits): {shown}"

@@ -1,0 +1,95 @@
+"""The command line: a real (smoke) run end to end, and every bad input."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(*args, timeout=900):
+  return subprocess.run([sys.executable, "-m", "rsh.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("smoke")
+  out = _run("--config=configs/uahm.py:smoke", f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir, out
+
+
+def test_smoke_run_writes_config_results_and_figures(smoke_run):
+  workdir, out = smoke_run
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["method"] == "uahm" and config["model"]["bits"] == 64
+  results = json.loads((workdir / "results.json").read_text())
+  for key in ("method", "data_source", "bands", "bits", "n_query", "n_archive", "n_train",
+              "seed", "metrics"):
+    assert key in results, key
+  assert results["bands"] == ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A",
+                              "B11", "B12"]
+  m = results["metrics"]
+  for key in ("map@20", "precision@5", "binary/map@20", "nonbinary/map@20", "ssm/accuracy"):
+    assert 0.0 <= m[key] <= 1.0, key
+  assert "map@20" in results["baselines"]["random_projection"]
+  for fig in ("pr_curve.png", "map_vs_steps.png", "generated.png", "retrievals.png"):
+    assert (workdir / fig).stat().st_size > 1000, fig
+  assert list((workdir / "tensorboard").iterdir())
+  assert "map@20=" in out.stdout
+
+
+def test_refuses_to_resume_into_a_workdir_of_another_config(smoke_run):
+  workdir, _ = smoke_run
+  out = _run("--config=configs/uahm.py:smoke", f"--workdir={workdir}",
+             "--config.model.bits=32")
+  assert out.returncode == 2
+  assert "different config" in out.stderr and "model.bits" in out.stderr
+
+
+def test_rerun_of_a_finished_run_does_not_train_again(smoke_run):
+  workdir, _ = smoke_run
+  before = json.loads((workdir / "results.json").read_text())
+  out = _run("--config=configs/uahm.py:smoke", f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr[-2000:]
+  after = json.loads((workdir / "results.json").read_text())
+  assert after["metrics"] == before["metrics"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=configs/uahm.py:smoke", "--config.no_such_key=1"], "no_such_key"),
+    (["--config=configs/uahm.py:smoke", "--config.method=nope"], "unknown method 'nope'"),
+    (["--config=configs/uahm.py:smoke", "--config.model.bits=12"], "multiple of 8"),
+    (["--config=configs/uahm.py:smoke", "--config.data.bands=ms99"], "ms99"),
+    (["--config=configs/uahm.py:smoke", "--config.train.batch_size=4096"], "batch_size"),
+    (["--config=configs/uahm.py:smoke", "--config.losses.semantic.on=both"], "on must be"),
+    (["--config=configs/uahm.py:nosuchvariant"], "nosuchvariant"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, args, message):
+  out = _run(*args, f"--workdir={tmp_path / 'w'}")
+  assert out.returncode != 0
+  assert message in out.stderr, out.stderr[-2000:]
+
+
+def test_unknown_loss_term_is_named():
+  from rsh.methods import uahm
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("c", REPO / "configs/uahm.py")
+  m = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(m)
+  config = m.get_config("smoke")
+  config.losses.semantik = dict(weight=0.1, on="discriminator")
+  gen, disc = uahm.build_models(config)
+  with pytest.raises(ValueError, match="semantik"):
+    uahm.make_train_step(config, gen, disc)
+
+
+def test_full_config_without_eurosat_says_how_to_get_it(tmp_path):
+  out = _run("--config=configs/uahm.py", f"--workdir={tmp_path / 'w'}",
+             "--config.data.source=folder", f"--config.data.dir={tmp_path / 'missing'}")
+  assert out.returncode == 2
+  assert "missing" in out.stderr
