@@ -1,0 +1,35 @@
+"""The data layer: sources -> bands -> normalise -> split -> batches.
+
+Images stay raw uint16 digital numbers with their band order named, from the
+source to the last moment; `normalise` / `to_signed` make what networks see.
+Bad input raises `DataError` (a `ValueError`) naming the file, band or key.
+Depends on nothing else in rsh.
+"""
+
+from rsh.data.bands import BANDS
+from rsh.data.bands import band_indices
+from rsh.data.bands import DataError
+from rsh.data.bands import EUROSAT_BANDS
+from rsh.data.bands import MAX_DN
+from rsh.data.bands import MS10
+from rsh.data.bands import normalise
+from rsh.data.bands import PRESETS
+from rsh.data.bands import resolve_bands
+from rsh.data.bands import RGB
+from rsh.data.bands import select_bands
+from rsh.data.bands import to_signed
+from rsh.data.sources import cache_root
+from rsh.data.sources import Dataset
+from rsh.data.sources import EUROSAT_CLASSES
+from rsh.data.sources import load
+from rsh.data.sources import SOURCES
+from rsh.data.sources import subsample
+from rsh.data.sources import TFDS_EUROSAT_ALL_BANDS
+from rsh.data.sources import TFDS_EUROSAT_RGB_BANDS
+from rsh.data.split import batch_at
+from rsh.data.split import batches
+from rsh.data.split import PAPER_N_QUERY
+from rsh.data.split import PAPER_N_TRAIN
+from rsh.data.split import paper_split
+from rsh.data.split import Split
+from rsh.data.split import steps_per_epoch
