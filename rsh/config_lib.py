@@ -64,7 +64,7 @@ def uahm_family(arg: str | None, *, name: str, head: str, adversarial: bool, ban
   if semantic:
     c.losses.semantic = dict(weight=0.1, on="discriminator")     # w2
 
-  c.optim = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.5, b2=0.999))
+  c.optim = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.5, b2=0.999, eps=1e-8))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, num_steps=30_000, eval_every=2_500, checkpoint_every=500,
       log_every=50, progress=True))

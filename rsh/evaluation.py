@@ -197,6 +197,8 @@ def results_dict(config, prepared: Prepared, metrics: dict, baseline: dict, hist
       "n_archive": int(len(prepared.split.archive)),
       "n_train": int(len(prepared.split.train)),
       "seed": int(config.seed),
+      "k": int(config.eval.k),
+      "n": int(config.eval.n),
       "metrics": scalars,
       "curves": {k: np.asarray(v).tolist() for k, v in curves.items()},
       "baselines": {"random_projection": baseline},

@@ -81,6 +81,8 @@ def load_results(workdir: str | os.PathLike) -> dict | None:
 
 
 def summary_line(results: dict) -> str:
-  keys = [k for k in ("map@100", "precision@20", "map@100/nonbinary") if k in results.get("metrics", {})]
+  metrics = results.get("metrics", {})
+  k, n = results.get("k", 100), results.get("n", 20)
+  keys = [key for key in (f"map@{k}", f"precision@{n}", f"nonbinary/map@{k}") if key in metrics]
   shown = " ".join(f"{k}={results['metrics'][k]:.4f}" for k in keys)
   return f"{results.get('method')} ({results.get('variant', '')}, {results.get('bits')} bits): {shown}"

@@ -63,7 +63,10 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
 
 
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """A replicated copy of `tree` (never an alias: the step donates its state)."""
+  # `may_alias=False` alone still lets one device's shard share the input's
+  # buffer on a multi-device mesh, so go through host memory (once per run).
+  return jax.device_put(jax.device_get(tree), NamedSharding(mesh, P()))
 
 
 def jit_step(step_fn: StepFn, mesh: Mesh):

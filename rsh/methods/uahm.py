@@ -62,7 +62,8 @@ def _split_weights(config, terms=None) -> tuple[dict[str, float], dict[str, floa
 
 
 def _optimizer(config) -> optax.GradientTransformation:
-  return optax.adam(config.optim.lr, b1=config.optim.b1, b2=config.optim.b2)
+  return optax.adam(config.optim.lr, b1=config.optim.b1, b2=config.optim.b2,
+                    eps=config.optim.get("eps", 1e-8))
 
 
 def build_models(config):
