@@ -1,0 +1,245 @@
+"""One command per paper table: `python -m rsh.reproduce --table=5.7 --workdir=DIR`.
+
+Runs every model, code length and seed a table needs (a finished run found in
+DIR is reused, an interrupted one resumed), then prints a markdown table with
+the thesis's number beside ours in every cell and writes it to DIR.
+
+Variants: `full` (the paper protocol; needs the full EuroSAT), `small` (a small
+folder such as the 369 real GeoTIFFs, `--data_dir=...`), `demo`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import pathlib
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from rsh import runs
+
+TABLES = ("5.6", "5.7", "5.8", "5.9", "fig5.14")
+
+_TABLE = flags.DEFINE_enum("table", None, TABLES, "Which table or figure to reproduce.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where runs and tables are written.")
+_VARIANT = flags.DEFINE_enum("variant", "small", ("full", "small", "demo"), "Protocol size.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "EuroSAT-MS folder (variants full/small).")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per cell; mean ± std when > 1.")
+_BITS = flags.DEFINE_list("bits", ["32", "64", "128"], "Code lengths.")
+_STEPS = flags.DEFINE_integer("steps", None, "Override the training steps of every run.")
+_SET = flags.DEFINE_multi_string("set", [], "Extra config override key=value (repeatable).")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The thesis's numbers (ch. 5), as published.
+PAPER = {
+    "5.7": {  # MAP@100
+        ("dhnn_ms", "binary"): {32: 0.2752, 64: 0.2842, 128: 0.2720},
+        ("gan_rgb", "nonbinary"): {32: 0.5184, 64: 0.5287, 128: 0.5480},
+        ("gan_ms", "nonbinary"): {32: 0.5655, 64: 0.5915, 128: 0.6002},
+        ("uahm", "nonbinary"): {32: 0.6510, 64: 0.6575, 128: 0.6810},
+        ("uahm", "binary"): {32: 0.6470, 64: 0.6556, 128: 0.6785},
+    },
+    "5.8": {  # precision@20
+        ("dhnn_ms", "binary"): {32: 0.1542, 64: 0.1808, 128: 0.2283},
+        ("gan_rgb", "nonbinary"): {32: 0.5113, 64: 0.5217, 128: 0.5398},
+        ("gan_ms", "nonbinary"): {32: 0.5603, 64: 0.5221, 128: 0.5980},
+        ("uahm", "nonbinary"): {32: 0.6393, 64: 0.6452, 128: 0.6734},
+        ("uahm", "binary"): {32: 0.6367, 64: 0.6432, 128: 0.6705},
+    },
+    "5.9": {  # class-wise MAP@100, UAHM binary, 128 bits
+        "AnnualCrop": 0.6377, "Forest": 0.9245, "HerbaceousVegetation": 0.5730,
+        "Highway": 0.2713, "Industrial": 0.8887, "Pasture": 0.6557, "PermanentCrop": 0.5816,
+        "Residential": 0.5551, "River": 0.7103, "SeaLake": 0.9873,
+    },
+    "5.6": {  # SSM quality on 5,000 training images
+        "ResNet-v2": (0.8761, 0.0331), "Inception-v3": (0.8899, 0.1626),
+        "raw colour": (0.8884, 0.0853), "local histogram": (0.8894, 0.1071),
+        "Inception-v3 + local histogram": (0.8948, 0.1628),
+    },
+}
+
+ROW_NAMES = {("dhnn_ms", "binary"): "DHNN-MS (bin)", ("gan_rgb", "nonbinary"): "GAN-RGB (non-bin)",
+             ("gan_ms", "nonbinary"): "GAN-MS (non-bin)", ("uahm", "nonbinary"): "UAHM (non-bin)",
+             ("uahm", "binary"): "UAHM (bin)"}
+
+
+def load_config(name: str, arg: str):
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _apply(config, overrides: list[str]):
+  for item in overrides:
+    key, value = item.split("=", 1)
+    node = config
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    old = node[last]
+    node[last] = type(old)(value) if old is not None and not isinstance(old, bool) else (
+        value.lower() in ("1", "true") if isinstance(old, bool) else value)
+  return config
+
+
+def make_config(name: str, bits: int, seed: int):
+  config = load_config(name, f"{_VARIANT.value},bits={bits},seed={seed}")
+  config.train.progress = False
+  if _DATA_DIR.value:
+    config.data.dir = _DATA_DIR.value
+  if _STEPS.value:
+    config.train.num_steps = _STEPS.value
+  return _apply(config, _SET.value)
+
+
+def run_cell(name: str, bits: int, seed: int) -> dict:
+  """Trains (or reuses) one model; returns its results.json."""
+  workdir = pathlib.Path(_WORKDIR.value) / f"{name}_{bits}b_seed{seed}"
+  config = make_config(name, bits, seed)
+  done = runs.load_results(workdir)
+  if done is not None and done.get("history") and \
+      max(r["step"] for r in done["history"]) >= config.train.num_steps:
+    logging.info("reusing %s", workdir)
+    return done
+  t0 = time.time()
+  results = runs.run(config, workdir)
+  logging.info("%s: %.0fs, map@%d=%.4f", workdir.name, time.time() - t0, config.eval.k,
+               results["metrics"][f"map@{config.eval.k}"])
+  return results
+
+
+def _cell(values: list[float]) -> str:
+  if not values:
+    return "—"
+  if len(values) == 1:
+    return f"{values[0]:.4f}"
+  return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def table_57_58(table: str) -> str:
+  bits = [int(b) for b in _BITS.value]
+  seeds = range(_SEEDS.value)
+  metric = "map@100" if table == "5.7" else "precision@20"
+  rows = []
+  cache = {}
+  for (name, kind) in PAPER[table]:
+    cells = []
+    for b in bits:
+      vals = []
+      for s in seeds:
+        key = (name, b, s)
+        if key not in cache:
+          cache[key] = run_cell(name, b, s)
+        m = cache[key]["metrics"]
+        k = f"{kind}/{metric}"
+        vals.append(m[k])
+      paper = PAPER[table][(name, kind)].get(b)
+      cells.append(f"{_cell(vals)} ({paper:.4f})" if paper else _cell(vals))
+    rows.append(f"| {ROW_NAMES[(name, kind)]} | " + " | ".join(cells) + " |")
+  head = f"| model | " + " | ".join(f"{b} bits" for b in bits) + " |"
+  title = {"5.7": "MAP@100", "5.8": "precision@20"}[table]
+  return "\n".join([f"Table {table} — {title}, ours (thesis in brackets); variant "
+                    f"{_VARIANT.value}, {len(seeds)} seed(s)", "", head,
+                    "|" + "---|" * (len(bits) + 1), *rows])
+
+
+def table_59() -> str:
+  seeds = range(_SEEDS.value)
+  per_class: dict[str, list[float]] = {}
+  for s in seeds:
+    res = run_cell("uahm", 128, s)
+    for key, v in res["metrics"].items():
+      if key.startswith("binary/classwise_map@100/"):
+        per_class.setdefault(key.rsplit("/", 1)[1], []).append(v)
+  rows = [f"| {c} | {_cell(per_class.get(c, []))} | {p:.4f} |" for c, p in PAPER["5.9"].items()]
+  return "\n".join([f"Table 5.9 — class-wise MAP@100, UAHM binary 128 bits; variant "
+                    f"{_VARIANT.value}, {len(seeds)} seed(s)", "",
+                    "| class | ours | thesis |", "|---|---|---|", *rows])
+
+
+def table_56() -> str:
+  """SSM accuracy / IoU for each feature type on the training set (no training)."""
+  from rsh import evaluation, similarity
+  rows = []
+  for s in range(_SEEDS.value):
+    config = make_config("uahm", 64, s)
+    prepared = evaluation.prepare_data(config)
+    for label, spatial, spectral, fuse in (
+        ("EfficientNet-Lite0 (stands in for Inception-v3)", "efficientnet_lite0", None, False),
+        ("raw colour", "none", "raw", False),
+        ("local histogram", "none", "local_hist", False),
+        ("EfficientNet-Lite0 + local histogram", "efficientnet_lite0", "local_hist", True)):
+      c = make_config("uahm", 64, s)
+      c.ssm.spatial = spatial
+      if spectral is not None:
+        c.ssm.spectral = spectral
+      else:
+        c.ssm.spectral = "none"
+      _, info = evaluation.build_training_ssm(c, prepared)
+      rows.append((label, s, info["accuracy"], info["iou"]))
+  labels = list(dict.fromkeys(r[0] for r in rows))
+  paper = {"EfficientNet-Lite0 (stands in for Inception-v3)": PAPER["5.6"]["Inception-v3"],
+           "raw colour": PAPER["5.6"]["raw colour"],
+           "local histogram": PAPER["5.6"]["local histogram"],
+           "EfficientNet-Lite0 + local histogram": PAPER["5.6"]["Inception-v3 + local histogram"]}
+  out = [f"Table 5.6 — SSM quality on the training set; variant {_VARIANT.value}, "
+         f"{_SEEDS.value} seed(s); thesis numbers (Inception-v3 where we use "
+         "EfficientNet-Lite0) in brackets", "",
+         "| features | accuracy | IoU |", "|---|---|---|"]
+  for label in labels:
+    acc = [r[2] for r in rows if r[0] == label]
+    iou = [r[3] for r in rows if r[0] == label]
+    pa, pi = paper[label]
+    out.append(f"| {label} | {_cell(acc)} ({pa:.4f}) | {_cell(iou)} ({pi:.4f}) |")
+  return "\n".join(out)
+
+
+def fig_514() -> str:
+  from rsh import plots
+  bits = int(_BITS.value[0]) if len(_BITS.value) == 1 else 64
+  series, lines = {}, []
+  for name, label in (("uahm", "UAHM"), ("gan_ms", "GAN-MS"), ("gan_rgb", "GAN-RGB")):
+    res = run_cell(name, bits, 0)
+    series[label] = res["history"]
+    for r in res["history"]:
+      lines.append(f"| {label} | {r['step']} | {r.get('map@100', float('nan')):.4f} | "
+                   f"{r.get('nonbinary/map@100', float('nan')):.4f} |")
+  path = pathlib.Path(_WORKDIR.value) / "fig5_14.png"
+  plots.map_vs_steps([], path, k=100, series=series)
+  return "\n".join([f"Fig. 5.14 — MAP@100 against training steps, {bits} bits; variant "
+                    f"{_VARIANT.value}; figure: {path}", "",
+                    "| model | step | MAP@100 (primary) | MAP@100 (non-binary) |",
+                    "|---|---|---|---|", *lines])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not _TABLE.value or not _WORKDIR.value:
+    raise app.UsageError("--table and --workdir are required")
+  logging.getLogger().setLevel(logging.INFO)
+  workdir = pathlib.Path(_WORKDIR.value)
+  workdir.mkdir(parents=True, exist_ok=True)
+  # Identical programs across seeds compile once.
+  import jax
+  jax.config.update("jax_compilation_cache_dir", str(pathlib.Path.home() / ".cache/rsh/jax"))
+  table = _TABLE.value
+  try:
+    text = {"5.6": table_56, "5.7": lambda: table_57_58("5.7"), "5.8": lambda: table_57_58("5.8"),
+            "5.9": table_59, "fig5.14": fig_514}[table]()
+  except (ValueError, FileNotFoundError, runs.ConfigMismatchError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  name = table.replace(".", "_")
+  (workdir / f"table_{name}.md").write_text(text + "\n")
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
