@@ -188,7 +188,8 @@ def results_dict(config, prepared: Prepared, metrics: dict, baseline: dict, hist
   curves = {k: v for k, v in metrics.items() if np.ndim(v) != 0}
   return {
       "method": config.method,
-      "variant": config.get("name", config.method),
+      "name": config.get("name", config.method),
+      "variant": config.get("variant"),
       "data_source": config.data.source,
       "data_dir": config.data.get("dir"),
       "bands": list(prepared.band_names),

@@ -85,4 +85,6 @@ def summary_line(results: dict) -> str:
   k, n = results.get("k", 100), results.get("n", 20)
   keys = [key for key in (f"map@{k}", f"precision@{n}", f"nonbinary/map@{k}") if key in metrics]
   shown = " ".join(f"{k}={results['metrics'][k]:.4f}" for k in keys)
-  return f"{results.get('method')} ({results.get('variant', '')}, {results.get('bits')} bits): {shown}"
+  return (f"{results.get('name', results.get('method'))} ({results.get('variant')}, "
+          f"{results.get('bits')} bits): {shown}; random projection: "
+          f"map@{k}={results.get('baselines', {}).get('random_projection', {}).get(f'map@{k}', float('nan')):.4f}")

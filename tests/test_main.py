@@ -96,3 +96,14 @@ def test_full_config_without_eurosat_says_how_to_get_it(tmp_path):
              "--config.data.source=folder", f"--config.data.dir={tmp_path / 'missing'}")
   assert out.returncode == 2
   assert "missing" in out.stderr
+
+
+def test_default_config_without_eurosat_fails_at_once_saying_how_to_get_it(tmp_path):
+  # The default source is tfds eurosat/all; an empty tfds data dir has none of it
+  # (and without tensorflow-datasets installed the message is the same advice).
+  out = _run("--config=configs/uahm.py", f"--workdir={tmp_path / 'w'}",
+             f"--config.data.dir={tmp_path / 'tfds'}")
+  assert out.returncode == 2
+  assert "tfds" in out.stderr
+  assert "--config.data.source=folder --config.data.dir=" in out.stderr, out.stderr[-2000:]
+  assert not (tmp_path / "w" / "checkpoints").exists()

@@ -397,8 +397,9 @@ def _read_all(root, paths, band_names, progress):
 
 # -- tensorflow-datasets -----------------------------------------------------
 
-_HOW_TO_GET = ("or read the unzipped EuroSAT-MS GeoTIFFs instead with --source=folder "
-               "--dir=PATH (config: data.source=folder, data.dir=PATH)")
+_HOW_TO_GET = ("or read the unzipped EuroSAT-MS GeoTIFFs instead: "
+               "--config.data.source=folder --config.data.dir=PATH for rsh.main, "
+               "--source=folder --dir=PATH for rsh.data")
 
 
 def _import_tfds():

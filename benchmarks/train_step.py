@@ -1,0 +1,203 @@
+"""UAHM train step: rsh (JAX/Flax) vs the same networks and step in PyTorch.
+
+    python benchmarks/train_step.py                      # batch 64, CPU, both frameworks
+    python benchmarks/train_step.py --batch=64,256       # several batch sizes (GPU)
+    python benchmarks/train_step.py --no-torch           # rsh only
+
+One step = one Adam update of D (adversarial + 0.1 binary + 0.1 semantic, real
+and generated images as separate BatchNorm batches) then one of G through the
+updated D: exactly `rsh.methods.uahm.make_train_step`. The PyTorch reference is
+written here with the networks of Tables 5.4/5.5 (same layer sizes, same
+parameter count, checked below), the same losses and the same optimiser, run
+in the same process with the same thread count. Prints a table and a final
+JSON line. Where the accelerator is a GPU it also reports the time of the full
+30,000-step run at batch 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def parse():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--batch", default="64", help="comma-separated batch sizes")
+  p.add_argument("--bits", type=int, default=64)
+  p.add_argument("--channels", type=int, default=10)
+  p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--threads", type=int, default=os.cpu_count())
+  p.add_argument("--impl", default="phase", help="rsh generator conv impl(s): phase,xla")
+  p.add_argument("--no-torch", action="store_true")
+  return p.parse_args()
+
+
+def rsh_step(batch: int, bits: int, channels: int, impl: str):
+  """Builds the real rsh UAHM step; returns (run_one_step, n_params)."""
+  import jax
+  import jax.numpy as jnp
+  from rsh import config_lib
+  from rsh import train as rtrain
+  from rsh.methods import uahm
+
+  config = config_lib.uahm_family(f"full,bits={bits}", name="uahm", head="uahm",
+                                  adversarial=True, bands="ms10", semantic=True)
+  config.model.conv_impl = impl
+  gen, disc = uahm.build_models(config)
+  if disc.channels != channels:
+    raise SystemExit(f"--channels={channels}: the ms10 config has {disc.channels}")
+  mesh = rtrain.data_mesh()
+  state = rtrain.replicate(uahm.init_state(config, gen, disc, jax.random.PRNGKey(0)), mesh)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves((state.d["params"], state.g["params"])))
+  step = rtrain.jit_step(uahm.make_train_step(config, gen, disc), mesh)
+  rng = np.random.default_rng(0)
+  host = {"image": rng.uniform(-1, 1, (batch, 64, 64, channels)).astype(np.float32),
+          "similarity": rng.choice(np.array([-1, 1], np.int8), (batch, batch))}
+  data = rtrain.shard_batch(host, mesh)
+  key = jax.random.PRNGKey(1)
+  box = {"state": state}
+
+  def run():
+    box["state"], metrics = step(box["state"], data, key)
+    jax.block_until_ready(metrics)
+
+  return run, n_params
+
+
+def torch_step(batch: int, bits: int, channels: int, threads: int):
+  """The same G, D, losses and step in PyTorch; returns (run_one_step, n_params)."""
+  import torch
+  from torch import nn
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+
+  def bn2(c):
+    return nn.BatchNorm2d(c, momentum=0.1, eps=1e-5)
+
+  class G(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.project = nn.Linear(bits, 4 * 4 * 512)
+      self.bn0 = bn2(512)
+      ups, c_in = [], 512
+      for c_out in (256, 128, 64):
+        ups += [nn.ConvTranspose2d(c_in, c_out, 5, 2, padding=2, output_padding=1),
+                bn2(c_out), nn.ReLU()]
+        c_in = c_out
+      ups += [nn.ConvTranspose2d(64, channels, 5, 2, padding=2, output_padding=1), nn.Tanh()]
+      self.ups = nn.Sequential(*ups)
+
+    def forward(self, z):
+      x = self.project(z).view(-1, 512, 4, 4)
+      return self.ups(torch.relu(self.bn0(x)))
+
+  class D(nn.Module):
+    def __init__(self):
+      super().__init__()
+      body, c_in = [], channels
+      for c_out, s in ((32, 2), (64, 1), (128, 2), (256, 1), (256, 2)):
+        body += [nn.Conv2d(c_in, c_out, 3, s, padding=1), bn2(c_out), nn.LeakyReLU(0.2)]
+        c_in = c_out
+      self.body = nn.Sequential(*body)
+      self.fc = nn.Sequential(nn.Linear(8 * 8 * 256, 1024), nn.BatchNorm1d(1024), nn.LeakyReLU(0.2))
+      self.hash = nn.Sequential(nn.Linear(1024, bits), nn.BatchNorm1d(bits), nn.Tanh())
+      self.source = nn.Linear(1024, 1)
+
+    def forward(self, x):
+      f = self.fc(self.body(x).flatten(1))
+      return self.hash(f), self.source(f)[:, 0]
+
+  g, d = G(), D()
+  n_params = sum(p.numel() for p in g.parameters()) + sum(p.numel() for p in d.parameters())
+  opt_g = torch.optim.Adam(g.parameters(), 1e-4, betas=(0.5, 0.999))
+  opt_d = torch.optim.Adam(d.parameters(), 1e-4, betas=(0.5, 0.999))
+  logsig = nn.functional.logsigmoid
+  rng = np.random.default_rng(0)
+  x = torch.from_numpy(rng.uniform(-1, 1, (batch, channels, 64, 64)).astype(np.float32))
+  s = torch.from_numpy(rng.choice([-1.0, 1.0], (batch, batch)).astype(np.float32))
+
+  def run():
+    z = torch.rand(batch, bits) * 2 - 1
+    with torch.no_grad():
+      fake = g(z)
+    opt_d.zero_grad(set_to_none=True)
+    h, real_logit = d(x)
+    _, fake_logit = d(fake)
+    loss_d = (-logsig(real_logit).mean() - logsig(-fake_logit).mean()
+              - 0.1 * h.pow(2).sum(1).mean()
+              + 0.1 * ((h @ h.T) / bits - s).pow(2).mean())
+    loss_d.backward()
+    opt_d.step()
+    opt_g.zero_grad(set_to_none=True)
+    _, fake_logit = d(g(z))
+    loss_g = -logsig(fake_logit).mean()
+    loss_g.backward()
+    opt_g.step()  # D's gradients from this pass are discarded at its next zero_grad.
+
+  return run, n_params
+
+
+def measure(run, steps: int, warmup: int) -> float:
+  for _ in range(warmup):
+    run()
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def main():
+  args = parse()
+  import jax
+  backend = jax.default_backend()
+  device = jax.devices()[0].device_kind
+  batches = [int(b) for b in args.batch.split(",")]
+  impls = args.impl.split(",")
+  rows, result = [], {"backend": backend, "device": device, "threads": args.threads,
+                      "bits": args.bits, "channels": args.channels}
+  for b in batches:
+    ref = None
+    if not args.no_torch and backend == "cpu":
+      run, n_torch = torch_step(b, args.bits, args.channels, args.threads)
+      t = measure(run, args.steps, args.warmup)
+      ref = t
+      rows.append(("pytorch", b, t, b / t, 1.0))
+      result[f"torch_b{b}_img_per_s"] = b / t
+    for impl in impls:
+      run, n_rsh = rsh_step(b, args.bits, args.channels, impl)
+      t0 = time.perf_counter()
+      run()  # compile
+      compile_s = time.perf_counter() - t0
+      t = measure(run, args.steps, max(args.warmup - 1, 0))
+      rows.append((f"rsh ({impl})", b, t, b / t, (ref / t) if ref else float("nan")))
+      result[f"rsh_{impl}_b{b}_img_per_s"] = b / t
+      result[f"rsh_{impl}_b{b}_compile_s"] = compile_s
+      if ref:
+        result[f"rsh_{impl}_b{b}_vs_torch"] = ref / t
+        if n_rsh != n_torch:
+          print(f"warning: parameter counts differ: rsh {n_rsh:,} vs torch {n_torch:,}",
+                file=sys.stderr)
+        result["params"] = n_rsh
+      if backend != "cpu" and b == 64:
+        result[f"rsh_{impl}_30k_steps_s"] = 30_000 * t
+  print(f"UAHM train step (D then G), {backend} ({device}), {args.threads} threads, "
+        f"{args.bits} bits, {args.channels} bands")
+  print(f"{'impl':<14}{'batch':>6}{'s/step':>10}{'img/s':>10}{'vs torch':>10}")
+  for name, b, t, ips, ratio in rows:
+    print(f"{name:<14}{b:>6}{t:>10.3f}{ips:>10.1f}{ratio:>10.2f}")
+  for key, value in result.items():
+    if key.endswith("30k_steps_s"):
+      print(f"full 30,000-step run at batch 64 ({key}): {value / 60:.1f} min")
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
