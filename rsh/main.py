@@ -33,7 +33,9 @@ def main(argv):
     raise app.UsageError("--config is required, e.g. --config=configs/uahm.py:demo")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  logging.getLogger().setLevel(logging.INFO)
+  # rsh's own progress at INFO; libraries (orbax, absl) only when they warn.
+  logging.getLogger().setLevel(logging.WARNING)
+  logging.getLogger("rsh").setLevel(logging.INFO)
   config = _CONFIG.value
   try:
     results = runs.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)

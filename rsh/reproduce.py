@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import pathlib
 import sys
 import time
@@ -32,6 +33,12 @@ _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per cell; mean ± std when > 1.
 _BITS = flags.DEFINE_list("bits", ["32", "64", "128"], "Code lengths.")
 _STEPS = flags.DEFINE_integer("steps", None, "Override the training steps of every run.")
 _SET = flags.DEFINE_multi_string("set", [], "Extra config override key=value (repeatable).")
+
+log = logging.getLogger("rsh.reproduce")  # not __name__: this runs as __main__
+
+# Training steps per run where a table needs many runs: `small` is 36 runs for
+# Table 5.7 (4 models x 3 code lengths x 3 seeds), about an hour on 2 CPU cores.
+DEFAULT_STEPS = {"small": 40}
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -93,8 +100,10 @@ def make_config(name: str, bits: int, seed: int):
   config.train.progress = False
   if _DATA_DIR.value:
     config.data.dir = _DATA_DIR.value
-  if _STEPS.value:
-    config.train.num_steps = _STEPS.value
+  steps = _STEPS.value or DEFAULT_STEPS.get(_VARIANT.value)
+  if steps:
+    config.train.num_steps = steps
+    config.train.eval_every = min(int(config.train.eval_every), max(steps // 2, 1))
   return _apply(config, _SET.value)
 
 
@@ -105,11 +114,11 @@ def run_cell(name: str, bits: int, seed: int) -> dict:
   done = runs.load_results(workdir)
   if done is not None and done.get("history") and \
       max(r["step"] for r in done["history"]) >= config.train.num_steps:
-    logging.info("reusing %s", workdir)
+    log.info("reusing %s", workdir)
     return done
   t0 = time.time()
   results = runs.run(config, workdir)
-  logging.info("%s: %.0fs, map@%d=%.4f", workdir.name, time.time() - t0, config.eval.k,
+  log.info("%s: %.0fs, map@%d=%.4f", workdir.name, time.time() - t0, config.eval.k,
                results["metrics"][f"map@{config.eval.k}"])
   return results
 
@@ -223,12 +232,15 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _TABLE.value or not _WORKDIR.value:
     raise app.UsageError("--table and --workdir are required")
-  logging.getLogger().setLevel(logging.INFO)
+  # rsh's own progress at INFO; libraries (orbax, absl) only when they warn.
+  logging.getLogger().setLevel(logging.WARNING)
+  logging.getLogger("rsh").setLevel(logging.INFO)
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   # Identical programs across seeds compile once.
   import jax
-  jax.config.update("jax_compilation_cache_dir", str(pathlib.Path.home() / ".cache/rsh/jax"))
+  cache = pathlib.Path(os.environ.get("RSH_CACHE_DIR") or pathlib.Path.home() / ".cache/rsh")
+  jax.config.update("jax_compilation_cache_dir", str(cache / "jax"))
   table = _TABLE.value
   try:
     text = {"5.6": table_56, "5.7": lambda: table_57_58("5.7"), "5.8": lambda: table_57_58("5.8"),

@@ -111,6 +111,11 @@ class _History:
     os.replace(tmp, self.path)
 
 
+def _tag(name: str) -> str:
+  """A TensorBoard-legal tag: `eval/map@100` -> `eval/map_at_100`."""
+  return name.replace("@", "_at_")
+
+
 def _summary_writer(workdir: pathlib.Path):
   try:
     from tensorboardX import SummaryWriter
@@ -181,7 +186,7 @@ def run(
     history.add({"step": step, **metrics})
     if writer is not None:
       for k, v in metrics.items():
-        writer.add_scalar(f"eval/{k}", v, step)
+        writer.add_scalar(_tag(f"eval/{k}"), v, step)
       writer.flush()
     shown = {k: v for k, v in metrics.items() if "/" not in k}
     log.info("eval at step %d (%.1fs): %s", step, time.time() - t0,
@@ -208,7 +213,7 @@ def run(
           pbar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()})
       if writer is not None and (done % max(1, loop.log_every) == 0):
         for k, v in metrics.items():
-          writer.add_scalar(f"train/{k}", v, done)
+          writer.add_scalar(_tag(f"train/{k}"), v, done)
         now = time.time()
         writer.add_scalar("train/steps_per_s", (done - s_last) / max(now - t_last, 1e-9), done)
         t_last, s_last = now, done
