@@ -60,7 +60,8 @@ def map_vs_steps(history: list[dict], path, k: int = 100, series: dict | None = 
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for name, rows in series.items():
     rows = sorted(rows, key=lambda r: r["step"])
-    for key, style in ((f"map@{k}", "-o"), (f"nonbinary/map@{k}", "--x")):
+    # Codes only where the run has them (GAN baselines rank real features only).
+    for key, style in ((f"binary/map@{k}", "-o"), (f"nonbinary/map@{k}", "--x")):
       pts = [(r["step"], r[key]) for r in rows if key in r]
       if pts:
         s, m = zip(*pts)
