@@ -178,7 +178,8 @@ def random_projection_metrics(config, prepared: Prepared) -> dict[str, float]:
   res = rmetrics.evaluate(codes(prepared.split.query), codes(prepared.split.archive),
                           prepared.labels[prepared.split.query],
                           prepared.labels[prepared.split.archive],
-                          k=int(e.k), n=int(e.n), pr_step=int(e.pr_step))
+                          k=int(e.k), n=int(e.n), pr_step=int(e.pr_step),
+                          class_names=prepared.class_names)
   return {k: v for k, v in res.items() if np.ndim(v) == 0}
 
 
@@ -209,12 +210,16 @@ def results_dict(config, prepared: Prepared, metrics: dict, baseline: dict, hist
 
 
 def save_figures(workdir, config, prepared: Prepared, metrics, history, query_out, archive_out,
-                 fake) -> None:
-  """PR curve, MAP vs steps, generated images, top-10 retrievals (PNG files)."""
+                 fake, baseline: Mapping[str, float] | None = None) -> None:
+  """PR curve, MAP vs steps, generated images, top-10 retrievals (PNG files).
+
+  `baseline`: random projection's metrics, drawn as reference lines.
+  """
   from rsh import plots  # matplotlib only when figures are drawn
   workdir = pathlib.Path(workdir)
   plots.pr_curve(metrics, workdir / "pr_curve.png")
-  plots.map_vs_steps(history, workdir / "map_vs_steps.png", k=int(config.eval.k))
+  plots.map_vs_steps(history, workdir / "map_vs_steps.png", k=int(config.eval.k),
+                     reference={"random projection": baseline} if baseline else None)
   if fake is not None:
     plots.image_grid(fake, prepared.band_names, workdir / "generated.png")
   key = "hash" if "hash" in query_out else "feature"

@@ -13,6 +13,9 @@ Keys the built-in terms read:
   outputs["fake_logit"]: f32[b']     D's logit on generated images;
   outputs["real_hash"]:  f32[b, l]   D's tanh code H(x) of the real images;
   batch["similarity"]:   i8[b, b]    SSM block of the batch, +-1.
+UAHM's step also gives every term `real_feature`, `real_image` and
+`fake_hash`, `fake_feature`, `fake_image` (D-side terms see real_* and fake_*,
+G-side terms fake_*, differentiable in G's parameters).
 """
 
 from __future__ import annotations

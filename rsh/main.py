@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from rsh import methods
 from rsh import runs
+from rsh import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Method config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
@@ -39,8 +40,10 @@ def main(argv):
   config = _CONFIG.value
   try:
     results = runs.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
-  except (ValueError, FileNotFoundError, runs.ConfigMismatchError) as e:
-    # Bad input is the user's to fix: one clear line, no traceback.
+  except (ValueError, FileNotFoundError, runs.ConfigMismatchError,
+          train.NonFiniteLossError) as e:
+    # Bad input (or a diverged run) is the user's to fix: one clear line, no
+    # traceback; a diverged run keeps its last good checkpoint.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(runs.summary_line(results))

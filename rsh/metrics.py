@@ -21,6 +21,9 @@ labels for NDCG and ACG.
                            the whole archive
   classwise_map@{k}/{name} thesis MAP@k over the queries of each class (`name` from
                            `class_names`, else the label)
+  classwise_map@{k}/tie_aware/{name}
+                           its tie-aware twin: the class-wise mean of the expected AP@k;
+                           unlike the plain one it does not depend on archive order
   pr_curve/cutoffs, pr_curve/precision, pr_curve/recall
                            after every `pr_step` retrieved items and at the end
 
@@ -576,7 +579,8 @@ def evaluate(query_codes, archive_codes, query_labels, archive_labels, k: int = 
   if "hit_only" in modes:
     out[f"map@{k}/hit_only"] = ap_k[found_k > 0].mean() if (found_k > 0).any() else 0.0
   sizes, rel_sizes = _tie_groups(r["scores_top"], r["rel_top"], r["tie_end"], r["tie_found_end"])
-  out[f"map@{k}/tie_aware"] = tie_aware_average_precision(sizes, rel_sizes, k, "thesis").mean()
+  ap_tie = tie_aware_average_precision(sizes, rel_sizes, k, "thesis")
+  out[f"map@{k}/tie_aware"] = ap_tie.mean()
   out[f"precision@{n}"] = (found_n / n).mean()
   out[f"recall@{n}"] = _safe_div(found_n, n_rel).mean()
   if distance == "hamming":
@@ -588,7 +592,8 @@ def evaluate(query_codes, archive_codes, query_labels, archive_labels, k: int = 
     ideal = (np.arange(k)[None, :] < n_rel[:, None]).astype(np.int64)
   out[f"ndcg@{k}"] = _safe_div(_dcg(gain), _dcg(ideal)).mean()
   out[f"acg@{k}"] = acg_at(gain, k).mean()
-  out.update(_classwise(ap_k, ql, k, class_names))
+  out.update(_classwise(ap_k, ql, f"classwise_map@{k}", class_names))
+  out.update(_classwise(ap_tie, ql, f"classwise_map@{k}/tie_aware", class_names))
   if cutoffs is not None:
     out["pr_curve/cutoffs"] = [int(c) for c in cutoffs]
     out["pr_curve/precision"] = [float(v) for v in (r["found_cut"] / cutoffs).mean(0)]
@@ -597,7 +602,7 @@ def evaluate(query_codes, archive_codes, query_labels, archive_labels, k: int = 
   return {key: (float(v) if np.ndim(v) == 0 else v) for key, v in out.items()}
 
 
-def _classwise(ap: np.ndarray, ql: np.ndarray, k: int, class_names) -> dict:
+def _classwise(ap: np.ndarray, ql: np.ndarray, prefix: str, class_names) -> dict:
   out = {}
   if ql.ndim == 1:
     classes = np.unique(ql)
@@ -612,5 +617,5 @@ def _classwise(ap: np.ndarray, ql: np.ndarray, k: int, class_names) -> dict:
       name = class_names[c]
     else:
       name = str(c)
-    out[f"classwise_map@{k}/{name}"] = ap[m].mean()
+    out[f"{prefix}/{name}"] = ap[m].mean()
   return out

@@ -52,25 +52,38 @@ def pr_curve(metrics: dict, path) -> None:
   _save(fig, path)
 
 
-def map_vs_steps(history: list[dict], path, k: int = 100, series: dict | None = None) -> None:
-  """MAP@k against training steps (thesis Fig. 5.14); `series` adds named runs."""
+def map_vs_steps(history: list[dict], path, k: int = 100, series: dict | None = None,
+                 reference: dict | None = None) -> None:
+  """MAP@all against training steps (thesis Fig. 5.14), MAP@k in a second panel.
+
+  `series` adds named runs ({name: history rows}); `reference` draws flat lines
+  ({name: metrics dict}, e.g. random projection's `map@all` and `map@k`).
+  """
   series = dict(series or {})
   if history:
     series.setdefault("this run", history)
-  fig, ax = plt.subplots(figsize=(5.5, 4))
-  for name, rows in series.items():
-    rows = sorted(rows, key=lambda r: r["step"])
-    # Codes only where the run has them (GAN baselines rank real features only).
-    for key, style in ((f"binary/map@{k}", "-o"), (f"nonbinary/map@{k}", "--x")):
-      pts = [(r["step"], r[key]) for r in rows if key in r]
-      if pts:
-        s, m = zip(*pts)
-        ax.plot(s, m, style, label=f"{name} ({'non-binary' if 'nonbinary' in key else 'codes'})",
-                markersize=4)
-  ax.set_xlabel("training step")
-  ax.set_ylabel(f"MAP@{k}")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+  for ax, metric, title in ((axes[0], "map@all", "MAP@all (thesis Fig. 5.14)"),
+                            (axes[1], f"map@{k}", f"MAP@{k}")):
+    for i, (name, rows) in enumerate(series.items()):
+      rows = sorted(rows, key=lambda r: r["step"])
+      colour = f"C{i}"
+      # Codes only where the run has them (GAN baselines rank real features only).
+      for prefix, style in (("binary/", "-o"), ("nonbinary/", "--x")):
+        pts = [(r["step"], r[prefix + metric]) for r in rows if prefix + metric in r]
+        if pts:
+          s, m = zip(*pts)
+          kind = "non-binary, cosine" if prefix == "nonbinary/" else "codes, Hamming"
+          ax.plot(s, m, style, color=colour, label=f"{name} ({kind})", markersize=4)
+    for j, (name, metrics) in enumerate((reference or {}).items()):
+      if metrics and metric in metrics:
+        ax.axhline(metrics[metric], color="0.3", linestyle=(0, (1 + j, 2)), linewidth=1.2,
+                   label=f"{name} ({metrics[metric]:.3f})")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(title.split(" (")[0])
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
   _save(fig, path)
 
 
@@ -89,12 +102,18 @@ def image_grid(images: np.ndarray, band_names, path, ncol: int = 8) -> None:
 
 
 def retrievals(prepared, query_repr: np.ndarray, archive_repr: np.ndarray, path,
-               binary: bool, n_queries: int = 4, top: int = 10, seed: int = 0) -> None:
-  """Top-10 retrievals of a few queries; green frame = same class as the query."""
+               binary: bool, max_classes: int = 10, top: int = 10, seed: int = 0) -> None:
+  """Top-10 retrievals of one random query per class (at most `max_classes`).
+
+  Green frame = same class as the query. One query per class, drawn by the
+  seed, shows every class's behaviour rather than whichever few classes a
+  random draw of queries happens to hit.
+  """
   from rsh import hamming
   rng = np.random.default_rng(seed)
-  picks = np.sort(rng.choice(len(query_repr), size=min(n_queries, len(query_repr)),
-                             replace=False))
+  q_labels = prepared.labels[prepared.split.query]
+  classes = np.unique(q_labels)[:max_classes]
+  picks = np.array([rng.choice(np.flatnonzero(q_labels == c)) for c in classes])
   if binary:
     _, idx = hamming.search(hamming.pack_codes(query_repr[picks] >= 0),
                             hamming.pack_codes(archive_repr >= 0), top)

@@ -63,14 +63,18 @@ def check_workdir(config, workdir: pathlib.Path, allow_config_change: bool = Fal
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-        allow_config_change: bool = False) -> dict:
-  """Trains and evaluates `config` in `workdir`; returns and writes results.json."""
+        allow_config_change: bool = False, terms: dict | None = None) -> dict:
+  """Trains and evaluates `config` in `workdir`; returns and writes results.json.
+
+  `terms`: extra loss terms `{name: fn(outputs, batch) -> scalar}` (e.g. from a
+  notebook) that `config.losses` may name beside the built-in ones.
+  """
   workdir = pathlib.Path(workdir)
   module = methods.get(config.method)
   check_workdir(config, workdir, allow_config_change)
   workdir.mkdir(parents=True, exist_ok=True)
   _write_json(workdir / "config.json", config_to_dict(config))
-  results = module.train_and_evaluate(config, workdir)
+  results = module.train_and_evaluate(config, workdir, terms=terms)
   _write_json(workdir / "results.json", results)
   return results
 

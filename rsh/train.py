@@ -82,11 +82,20 @@ def jit_step(step_fn: StepFn, mesh: Mesh):
 @dataclasses.dataclass
 class LoopConfig:
   num_steps: int
-  checkpoint_every: int = 500
+  checkpoint_every: int = 500   # 0: only at the end
   eval_every: int = 0           # 0: only at the end
   log_every: int = 50
   max_to_keep: int = 2
   progress: bool = True
+
+  def __post_init__(self):
+    for name in ("num_steps", "checkpoint_every", "eval_every", "log_every"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"config.train.{name} must be an integer >= 0 "
+                         f"(0 = only at the end for *_every); got {value!r}")
+    if self.max_to_keep < 1:
+      raise ValueError(f"max_to_keep must be >= 1, got {self.max_to_keep}")
 
 
 def _finite(metrics: Mapping[str, float]) -> bool:
@@ -176,14 +185,18 @@ def run(
   writer = _summary_writer(workdir)
   step_jit = jit_step(step_fn, mesh)
   eval_every = loop.eval_every or loop.num_steps
+  checkpoint_every = loop.checkpoint_every or loop.num_steps
 
-  def evaluate(step):
+  def evaluate(step, train_metrics=None):
     if eval_fn is None:
       return
     t0 = time.time()
     metrics = {k: float(v) for k, v in eval_fn(state, step).items()
                if np.ndim(v) == 0}
-    history.add({"step": step, **metrics})
+    # The step's own metrics (each loss term) beside the evaluation, so a
+    # run's results show what its terms did.
+    history.add({"step": step, **metrics,
+                 **{f"train/{k}": v for k, v in (train_metrics or {}).items()}})
     if writer is not None:
       for k, v in metrics.items():
         writer.add_scalar(_tag(f"eval/{k}"), v, step)
@@ -201,10 +214,13 @@ def run(
       new_state, metrics = step_jit(state, batch, jax.random.fold_in(rng, step))
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not _finite(metrics):
-        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        bad = ", ".join(f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
+        good = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if math.isfinite(v))
         raise NonFiniteLossError(
-            f"non-finite loss at step {step + 1}: {bad}; the last good checkpoint "
-            f"(step {last_saved}) in {workdir / 'checkpoints'} is kept")
+            f"non-finite loss at step {step + 1}: {bad}" + (f" (finite: {good})" if good else "")
+            + (f"; the last good checkpoint (step {last_saved}) in "
+               f"{workdir / 'checkpoints'} is kept" if last_saved is not None
+               else "; no checkpoint had been saved yet"))
       state = new_state
       done = step + 1
       if pbar is not None:
@@ -217,19 +233,19 @@ def run(
         now = time.time()
         writer.add_scalar("train/steps_per_s", (done - s_last) / max(now - t_last, 1e-9), done)
         t_last, s_last = now, done
-      if done % loop.checkpoint_every == 0 or done == loop.num_steps:
+      if done % checkpoint_every == 0 or done == loop.num_steps:
         manager.save(done, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
         last_saved = done
       if done % eval_every == 0 and done != loop.num_steps:
-        evaluate(done)
+        evaluate(done, metrics)
   finally:
     if pbar is not None:
       pbar.close()
     manager.wait_until_finished()
   final = int(jax.device_get(state.step))
   if not any(r["step"] == final for r in history.rows):
-    evaluate(final)
+    evaluate(final, metrics if start < loop.num_steps else None)
   if writer is not None:
     writer.close()
   manager.close()

@@ -449,7 +449,11 @@ def test_paper_split_properties():
   labels = np.repeat(np.arange(4), [10, 12, 15, 11])
   s = rdata.paper_split(labels, 3, 5, seed=0)
   for part in s:
-    assert part.dtype == np.int64 and np.all(np.diff(part) > 0)
+    assert part.dtype == np.int64 and len(np.unique(part)) == len(part)
+    # A seeded permutation, never class blocks: ties in a ranking go to the
+    # lower archive position, which must not favour the classes stored first.
+    assert not np.all(np.diff(part) > 0)
+    assert np.sum(np.diff(labels[part]) != 0) > len(np.unique(labels[part]))
   assert len(s.query) == 12 and len(s.train) == 20 and len(s.archive) == len(labels) - 12
   assert np.intersect1d(s.query, s.archive).size == 0
   np.testing.assert_array_equal(np.union1d(s.query, s.archive), np.arange(len(labels)))

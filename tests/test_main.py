@@ -71,11 +71,24 @@ def test_rerun_of_a_finished_run_does_not_train_again(smoke_run):
     (["--config=configs/uahm.py:smoke", "--config.train.batch_size=4096"], "batch_size"),
     (["--config=configs/uahm.py:smoke", "--config.losses.semantic.on=both"], "on must be"),
     (["--config=configs/uahm.py:nosuchvariant"], "nosuchvariant"),
+    (["--config=configs/uahm.py:smoke,recipe=best"], "unknown config recipe 'best'"),
+    (["--config=configs/uahm.py:smoke", "--config.train.checkpoint_every=-1"],
+     "checkpoint_every must be an integer >= 0"),
+    (["--config=configs/uahm.py:smoke", "--config.model.d_stats=both"], "d_stats"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, args, message):
   out = _run(*args, f"--workdir={tmp_path / 'w'}")
   assert out.returncode != 0
   assert message in out.stderr, out.stderr[-2000:]
+
+
+def test_diverged_run_is_one_clear_line_naming_step_and_term(tmp_path):
+  out = _run("--config=configs/uahm.py:smoke", f"--workdir={tmp_path / 'w'}",
+             "--config.optim.lr=1e30")
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  line = next(l for l in out.stderr.splitlines() if l.startswith("error:"))
+  assert "non-finite loss at step" in line and "adversarial_g" in line, line
 
 
 def test_unknown_loss_term_is_named():

@@ -82,6 +82,7 @@ def ref_evaluate(q, a, ql, al, k, n, cutoffs, distance="hamming", radius=2):
     member = ql[:, c] > 0 if ql.ndim == 2 else ql == c
     if member.any():
       res[f"classwise_map@{k}/{c}"] = thesis[member].mean()
+      res[f"classwise_map@{k}/tie_aware/{c}"] = np.array(out["tie"])[member].mean()
   return res
 
 
@@ -210,8 +211,46 @@ def test_class_names_label_classwise_entries():
   a, al = clustered(rng, 50, 16, 3)
   r = metrics.evaluate(q, a, ql, al, k=5, n=5, class_names=["Forest", "River", "SeaLake"])
   by_name = sorted(key for key in r if key.startswith("classwise"))
-  assert by_name == sorted(f"classwise_map@5/{['Forest', 'River', 'SeaLake'][c]}"
-                           for c in np.unique(ql))
+  names = [["Forest", "River", "SeaLake"][c] for c in np.unique(ql)]
+  assert by_name == sorted([f"classwise_map@5/{n}" for n in names]
+                           + [f"classwise_map@5/tie_aware/{n}" for n in names])
+
+
+def test_tie_aware_metrics_do_not_depend_on_archive_order():
+  # 16-bit codes clustered by class: many ties. The plain class-wise MAP moves
+  # when the archive is permuted (ties go to the lower archive position); the
+  # tie-aware figures must not.
+  rng = np.random.default_rng(3)
+  q, ql = clustered(rng, 40, 16, 4, flip=0.35)
+  a, al = clustered(rng, 300, 16, 4, flip=0.35)
+  by_class = np.argsort(al, kind="stable")
+  base = metrics.evaluate(q, a[by_class], ql, al[by_class], k=20, n=5, pr_step=None)
+  moved = False
+  for seed in range(3):
+    perm = np.random.default_rng(seed).permutation(len(al))
+    r = metrics.evaluate(q, a[by_class][perm], ql, al[by_class][perm], k=20, n=5,
+                         pr_step=None)
+    for key in base:
+      if "tie_aware" in key:
+        assert r[key] == pytest.approx(base[key], rel=1e-9, abs=1e-12), key
+      elif key.startswith("classwise"):
+        moved |= abs(r[key] - base[key]) > 1e-3
+  assert moved, "the test's codes have too few ties to tell the two apart"
+
+
+def test_identical_codes_give_every_class_the_same_tie_aware_map():
+  # All codes equal: one tie group. Stored class-sorted, the plain MAP gives
+  # the first class 1.0 and the last 0.0; the expected AP is one number.
+  classes, per = 5, 30
+  al = np.repeat(np.arange(classes), per)
+  ql = np.repeat(np.arange(classes), 3)
+  codes = np.zeros((len(al), 2), np.uint8)
+  r = metrics.evaluate(codes[:len(ql)], codes, ql, al, k=20, n=5, pr_step=None)
+  tie = [r[f"classwise_map@20/tie_aware/{c}"] for c in range(classes)]
+  assert tie == pytest.approx([tie[0]] * classes, rel=1e-12)
+  # 1 in 5 relevant; thesis AP divides by the hits found, so above 0.2.
+  assert 0.2 < tie[0] < 0.4
+  assert r["classwise_map@20/0"] == 1.0 and r[f"classwise_map@20/{classes - 1}"] == 0.0
 
 
 def test_rank_is_the_stable_order():

@@ -12,7 +12,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 TINY = ["--variant=demo", "--bits=32", "--steps=2", "--set=data.n_per_class=12",
-        "--set=data.n_query=2", "--set=train.batch_size=8", "--set=ssm.n_bins=8"]
+        "--set=data.n_query=2", "--set=train.batch_size=8", "--set=ssm.n_bins=8",
+        "--set=ssm.spatial=none"]
 
 
 def _reproduce(*args, cache, timeout=900):
@@ -53,6 +54,17 @@ def test_other_tables_reuse_finished_runs(table_57):
   assert out.returncode == 0, out.stderr[-3000:]
   assert (root / "fig5_14.png").stat().st_size > 1000
   assert "| UAHM | 2 |" in out.stdout
+  # The thesis figure is MAP@all; random projection is its reference level.
+  assert "MAP@all (codes)" in out.stdout and "| random projection (32 bits, pixels) |" in out.stdout
+
+
+def test_a_finished_run_longer_than_asked_is_not_reused(table_57):
+  root, _ = table_57
+  tiny = [a for a in TINY if not a.startswith("--steps")]
+  out = _reproduce("--table=5.8", "--seeds=2", f"--workdir={root}", *tiny, "--steps=1",
+                   cache=root / "cache")
+  assert out.returncode == 2
+  assert "finished run of 2 steps, more than the 1 asked for" in out.stderr, out.stderr[-2000:]
 
 
 def test_table_56_reports_accuracy_and_iou(tmp_path):

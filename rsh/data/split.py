@@ -21,9 +21,12 @@ PAPER_N_TRAIN = 500
 
 
 class Split(NamedTuple):
-  """Index arrays into a dataset, each int64[k] and sorted.
+  """Index arrays into a dataset, each int64[k] in a seeded random order.
 
   `query` and `archive` partition the dataset; `train` is a subset of `archive`.
+  The order is never by class: rankings break distance ties by archive
+  position, so an archive in class blocks would favour the classes stored
+  first (and datasets are usually stored by class).
   """
   query: np.ndarray
   archive: np.ndarray
@@ -54,7 +57,8 @@ def paper_split(labels: np.ndarray, n_query: int, n_train: int | None, seed: int
     class_names: only to name a class in error messages.
 
   Returns:
-    `Split` of sorted int64 index arrays.
+    `Split` of int64 index arrays, each a seeded permutation (not sorted, not
+    in class blocks); with `n_train=None`, `train` is `archive` itself.
   """
   labels = np.asarray(labels)
   if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
@@ -82,9 +86,14 @@ def paper_split(labels: np.ndarray, n_query: int, n_train: int | None, seed: int
     # The archive part of the permutation is itself in random order, so its
     # head is a uniformly random subset of the archive.
     train.append(perm[n_query:] if n_train is None else perm[n_query:n_query + n_train])
-  as_sorted = lambda parts: np.sort(np.concatenate(parts or [np.empty(0, np.int64)])).astype(
-      np.int64)
-  return Split(as_sorted(query), as_sorted(archive), as_sorted(train))
+  def shuffled(parts, stream):
+    # Streams 2**32 + i never meet a class's stream (seed, c).
+    flat = np.sort(np.concatenate(parts or [np.empty(0, np.int64)])).astype(np.int64)
+    return np.random.default_rng((seed, 2**32 + stream)).permutation(flat)
+
+  archive = shuffled(archive, 1)
+  return Split(shuffled(query, 0), archive,
+               archive if n_train is None else shuffled(train, 2))
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,4 +1,4 @@
-"""One small module per method; each exposes `train_and_evaluate(config, workdir)`.
+"""One small module per method; each exposes `train_and_evaluate(config, workdir, terms=None)`.
 
 Methods never import each other: shared pieces live in the core modules.
 """

@@ -9,6 +9,19 @@
 
 Which network a loss term trains is `config.losses.<name>.on`
 ("discriminator" or "generator"); its weight is `config.losses.<name>.weight`.
+
+D's BatchNorm running statistics are what every retrieval code is computed
+with (the hash layer is tanh(BN(dense))), so where they come from is a config
+choice, `config.model.d_stats`:
+  - "real" (default): only D's pass over real images updates them; the pass
+    over generated images is normalised by its own batch statistics, as in
+    DCGAN, but its running-average update is dropped;
+  - "recalibrate": as "real" while training, and before encoding the running
+    statistics are re-estimated exactly (the mean of per-batch moments) over the
+    training images with the parameters being evaluated;
+  - "real_and_fake": the literal DCGAN/thesis code: both passes update them, so
+    at steady state about half their weight is generated images, whose
+    statistics drift with G. It skews every code (docs/RESULTS.md measures it).
 """
 
 from __future__ import annotations
@@ -44,6 +57,16 @@ class GanState:
   step: jax.Array
   d: dict   # {"params", "batch_stats", "opt_state"}
   g: dict
+
+
+D_STATS = ("real", "recalibrate", "real_and_fake")
+
+
+def _d_stats(config) -> str:
+  mode = config.model.get("d_stats", "real")
+  if mode not in D_STATS:
+    raise ValueError(f"config.model.d_stats must be one of {', '.join(D_STATS)}; got {mode!r}")
+  return mode
 
 
 def _split_weights(config, terms=None) -> tuple[dict[str, float], dict[str, float]]:
@@ -103,6 +126,7 @@ def make_train_step(config, gen, disc, terms: Mapping[str, Any] | None = None):
   d_weights, g_weights = _split_weights(config, terms)
   bits = int(config.model.bits)
   tx = _optimizer(config)
+  fake_updates_stats = _d_stats(config) == "real_and_fake"
 
   def d_apply(params, stats, x):
     return disc.apply({"params": params, "batch_stats": stats}, x, train=True,
@@ -124,15 +148,17 @@ def make_train_step(config, gen, disc, terms: Mapping[str, Any] | None = None):
 
     def d_loss(params):
       # Real and fake go through D as separate batches (as in DCGAN), so each
-      # has its own batch statistics.
+      # is normalised by its own batch statistics. Only the real pass feeds the
+      # running averages unless d_stats="real_and_fake": they are what the
+      # codes of real images are computed with (module docstring).
       real_out, upd = d_apply(params, state.d["batch_stats"], x)
-      outputs = {"real_hash": real_out.get("hash"), "real_logit": real_out.get("logit"),
-                 "real_feature": real_out.get("feature")}
+      outputs = _outputs("real", real_out, x)
       stats = upd["batch_stats"]
       if fake is not None:
         fake_out, upd = d_apply(params, stats, fake)
-        outputs["fake_logit"] = fake_out["logit"]
-        stats = upd["batch_stats"]
+        outputs.update(_outputs("fake", fake_out, fake))
+        if fake_updates_stats:
+          stats = upd["batch_stats"]
       loss, values = rlosses.total_loss(d_weights, outputs, batch, terms=terms)
       return loss, (values, stats)
 
@@ -152,7 +178,7 @@ def make_train_step(config, gen, disc, terms: Mapping[str, Any] | None = None):
         # updates D.
         fake_out, _ = d_apply(d_params, d_stats, fake)
         loss, values = rlosses.total_loss(
-            g_weights, {"fake_logit": fake_out["logit"]}, batch, terms=terms)
+            g_weights, _outputs("fake", fake_out, fake), batch, terms=terms)
         return loss, (values, upd["batch_stats"])
 
       (g_total, (g_values, g_stats)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(
@@ -168,22 +194,69 @@ def make_train_step(config, gen, disc, terms: Mapping[str, Any] | None = None):
   return step
 
 
-def make_encoder(disc, batch_size: int = 256):
-  """Returns `encode(state, images f32[n, 64, 64, c]) -> dict of f32[n, l]`."""
+def _outputs(prefix: str, out: Mapping[str, jax.Array], images) -> dict[str, Any]:
+  """D's heads as loss-term inputs: `{prefix}_hash`, `_logit`, `_feature`, `_image`."""
+  return {f"{prefix}_hash": out.get("hash"), f"{prefix}_logit": out.get("logit"),
+          f"{prefix}_feature": out.get("feature"), f"{prefix}_image": images}
+
+
+def recalibrate_batch_stats(disc, d: Mapping[str, Any], images, batch_size: int) -> dict:
+  """D's BatchNorm running statistics re-estimated exactly on `images`.
+
+  Each layer's running mean / variance becomes the mean over full batches of
+  its batch moments (train-mode forward passes, so every layer sees inputs
+  normalised as in training). Starting the running averages at zero, one update
+  leaves (1 - momentum) * moment, which is how the moments are read out.
+  """
+  n = len(images)
+  size = min(batch_size, n)
+  zeros = jax.tree.map(jnp.zeros_like, d["batch_stats"])
+
+  @jax.jit
+  def moments(params, x):
+    _, upd = disc.apply({"params": params, "batch_stats": zeros}, x, train=True,
+                        mutable=["batch_stats"])
+    return jax.tree.map(lambda v: v / (1.0 - dcgan.BN_MOMENTUM), upd["batch_stats"])
+
+  total, count = None, 0
+  for start in range(0, n - size + 1, size):
+    m = moments(d["params"], jnp.asarray(images[start:start + size]))
+    total = m if total is None else jax.tree.map(jnp.add, total, m)
+    count += 1
+  return jax.tree.map(lambda v: v / count, total)
+
+
+def make_encoder(disc, batch_size: int = 256, calibration_images=None,
+                 calibration_batch: int = 64):
+  """Returns `encode(state, images f32[n, 64, 64, c]) -> dict of f32[n, l]`.
+
+  With `calibration_images` (d_stats="recalibrate"), D's running statistics
+  are first re-estimated on them for the state being encoded (once per state).
+  """
 
   @jax.jit
   def forward(d, x):
     out = disc.apply({"params": d["params"], "batch_stats": d["batch_stats"]}, x, train=False)
     return {k: v for k, v in out.items() if k in ("hash", "feature")}
 
+  calibrated = {}  # step -> batch stats: the query and archive share one pass
+
   def encode(state: GanState, images: np.ndarray) -> dict[str, np.ndarray]:
+    d = state.d
+    if calibration_images is not None:
+      step = int(jax.device_get(state.step))
+      if step not in calibrated:
+        calibrated.clear()
+        calibrated[step] = recalibrate_batch_stats(disc, d, calibration_images,
+                                                   calibration_batch)
+      d = {**d, "batch_stats": calibrated[step]}
     outs = []
     for start in range(0, len(images), batch_size):
       chunk = images[start:start + batch_size]
       pad = batch_size - len(chunk)
       if pad:  # a fixed shape: one compilation for the whole archive
         chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      out = jax.device_get(forward(state.d, chunk))
+      out = jax.device_get(forward(d, chunk))
       outs.append({k: v[:batch_size - pad] for k, v in out.items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
@@ -196,8 +269,14 @@ def generate(config, gen, state: GanState, n: int, seed: int = 0) -> np.ndarray:
                               z, train=False))
 
 
-def train_and_evaluate(config, workdir) -> dict:
-  """Trains the config's model in `workdir` (resuming if possible), evaluates it."""
+def train_and_evaluate(config, workdir, terms: Mapping[str, rlosses.Term] | None = None) -> dict:
+  """Trains the config's model in `workdir` (resuming if possible), evaluates it.
+
+  `terms` are extra or replacement loss terms `fn(outputs, batch) -> scalar`
+  (e.g. written in a notebook), used wherever `config.losses` names them. D-side
+  terms see `real_*` and `fake_*` outputs, G-side terms `fake_*`: `_hash`,
+  `_logit`, `_feature` and `_image` (see `_outputs`).
+  """
   workdir = pathlib.Path(workdir)
   t_start = time.time()
   prepared = evaluation.prepare_data(config)
@@ -226,8 +305,9 @@ def train_and_evaluate(config, workdir) -> dict:
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   state = init_state(config, gen, disc, init_rng)
-  step_fn = make_train_step(config, gen, disc)
-  encode = make_encoder(disc)
+  step_fn = make_train_step(config, gen, disc, terms=terms)
+  encode = make_encoder(disc, calibration_images=(
+      x_train if _d_stats(config) == "recalibrate" else None), calibration_batch=batch_size)
 
   def eval_fn(state, step):
     return evaluation.retrieval_metrics(config, prepared, encode(state, prepared.query_x()),
@@ -250,6 +330,7 @@ def train_and_evaluate(config, workdir) -> dict:
   metrics.update({f"ssm/{k}": v for k, v in ssm_info.items() if np.ndim(v) == 0})
   baseline = evaluation.random_projection_metrics(config, prepared)
   fake = generate(config, gen, state, 16, seed=config.seed) if gen is not None else None
-  evaluation.save_figures(workdir, config, prepared, metrics, history, q_out, a_out, fake)
+  evaluation.save_figures(workdir, config, prepared, metrics, history, q_out, a_out, fake,
+                          baseline=baseline)
   return evaluation.results_dict(config, prepared, metrics, baseline, history,
                                  seconds=time.time() - t_start)
