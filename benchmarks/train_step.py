@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 import time
 
@@ -42,19 +43,23 @@ def rsh_step(batch: int, bits: int, channels: int, impl: str):
   """Builds the real rsh UAHM step; returns (run_one_step, n_params)."""
   import jax
   import jax.numpy as jnp
-  from rsh import config_lib
+  import importlib.util
   from rsh import train as rtrain
   from rsh.methods import uahm
 
-  config = config_lib.uahm_family(f"full,bits={bits}", name="uahm", head="uahm",
-                                  adversarial=True, bands="ms10", semantic=True)
+  spec = importlib.util.spec_from_file_location(
+      "uahm_config", pathlib.Path(__file__).resolve().parents[1] / "configs/uahm.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(f"full,bits={bits}")
   config.model.conv_impl = impl
   gen, disc = uahm.build_models(config)
   if disc.channels != channels:
     raise SystemExit(f"--channels={channels}: the ms10 config has {disc.channels}")
   mesh = rtrain.data_mesh()
   state = rtrain.replicate(uahm.init_state(config, gen, disc, jax.random.PRNGKey(0)), mesh)
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves((state.d["params"], state.g["params"])))
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      [net.params for net in state.nets.values()]))
   step = rtrain.jit_step(uahm.make_train_step(config, gen, disc), mesh)
   rng = np.random.default_rng(0)
   host = {"image": rng.uniform(-1, 1, (batch, 64, 64, channels)).astype(np.float32),

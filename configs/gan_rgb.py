@@ -1,8 +1,22 @@
-"""GAN-RGB baseline: DCGAN on B04 B03 B02, non-binary D features ranked by cosine."""
+"""GAN-RGB baseline: DCGAN on B04 B03 B02, non-binary D features ranked by cosine (thesis ch. 5).
+
+Usage: --config=configs/gan_rgb.py[:variant][,bits=N][,seed=N]
+"""
+
+import ml_collections
 
 from rsh import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.uahm_family(arg, name="gan_rgb", head="gan", adversarial=True,
-                                bands="rgb", semantic=False)
+  a = config_lib.parse_arg(arg, variant="full", bits=64, seed=0, recipe="paper")
+  c = config_lib.base(a, method="uahm", name="gan_rgb", bands="rgb")
+  c.model = ml_collections.ConfigDict(dict(
+      bits=a.bits, head="gan", adversarial=True, conv_impl="phase", d_stats="real"))
+  c.losses = ml_collections.ConfigDict(dict(
+      adversarial_d=dict(weight=1.0, on="discriminator"),
+      adversarial_g=dict(weight=1.0, on="generator")))
+  c.evals = ml_collections.ConfigDict(dict(
+      retrieval=dict(type="retrieval", query="query", archive="archive", vectors="feature"),
+      random_projection=dict(type="random_projection")))
+  return config_lib.finish(c, a.variant)

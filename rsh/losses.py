@@ -1,34 +1,44 @@
-"""Loss terms of UAHM (thesis eq. 5.3-5.8) as pure functions, and their composition.
+"""Loss terms as pure functions of arrays, the registry of terms, and their binding.
 
 Two layers:
   1. Array functions (`generator_adversarial_loss`, `discriminator_adversarial_loss`,
      `binary_loss`, `semantic_loss`): pure, jittable, differentiable, no state.
-  2. Terms with the uniform signature `term(outputs, batch) -> scalar`, keyed by
-     name in `LOSSES`, and `total_loss(weights, outputs, batch, terms=...)`, which
-     sums the weighted terms a config names. A notebook adds or swaps a term by
-     passing `terms={"mine": fn}` (merged over `LOSSES`); nothing global changes.
+  2. Terms bound to their inputs by the config (kauldron's keyed losses):
+       config.losses.semantic = dict(weight=0.1, on="discriminator",
+                                     codes="real_hash", similarity="similarity")
+     names the registered term `semantic` (or `type=...`), the network whose
+     gradient it joins (`on`), its weight, and for each array argument the key
+     it reads from the step's inputs (the batch merged with the model outputs);
+     any other key is a keyword option of the function (e.g. `real_target`).
+     `bind(config.losses, nets=..., terms=...)` turns that into one list of
+     `Bound` terms per network, `total_loss(bound, inputs)` sums them.
+     A notebook adds or swaps a term by passing `terms={"mine": fn}` (a plain
+     function of arrays, or a `Term`); nothing global changes. A config can also
+     name a term defined anywhere importable as `type="package.module:fn"`.
 
-Keys the built-in terms read:
-  outputs["real_logit"]: f32[b]      D's logit on real images;
-  outputs["fake_logit"]: f32[b']     D's logit on generated images;
-  outputs["real_hash"]:  f32[b, l]   D's tanh code H(x) of the real images;
-  batch["similarity"]:   i8[b, b]    SSM block of the batch, +-1.
-UAHM's step also gives every term `real_feature`, `real_image` and
-`fake_hash`, `fake_feature`, `fake_image` (D-side terms see real_* and fake_*,
-G-side terms fake_*, differentiable in G's parameters).
+Keys the built-in terms read by default:
+  real_logit: f32[b]      D's logit on real images;
+  fake_logit: f32[b']     D's logit on generated images;
+  real_hash:  f32[b, l]   D's tanh code H(x) of the real images;
+  similarity: i8[b, b]    SSM block of the batch, +-1 (a batch input).
+UAHM's step also offers `real_feature`, `real_image` and `fake_hash`,
+`fake_feature`, `fake_image` (D-side terms see real_* and fake_*, G-side terms
+fake_*, differentiable in G's parameters).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 import types
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
-Term = Callable[[Mapping[str, Any], Mapping[str, Any]], Array]
 
 
 def generator_adversarial_loss(fake_logits: Array) -> Array:
@@ -66,7 +76,7 @@ def discriminator_adversarial_loss(real_logits: Array, fake_logits: Array, *,
   return jnp.mean(real) + jnp.mean(fake)
 
 
-def binary_loss(h: Array) -> Array:
+def binary_loss(codes: Array) -> Array:
   """L_b = -E_x ||H(x)||^2 (eq. 5.5): rewards codes near the corners +-1.
 
   Normalisation follows the equation literally: squared Euclidean norm, i.e. a
@@ -75,16 +85,16 @@ def binary_loss(h: Array) -> Array:
   can reach -6.4); divide the weight by l for a per-bit mean.
 
   Args:
-    h: f32[b, l] tanh codes of real images.
+    codes: f32[b, l] tanh codes of real images.
 
   Returns:
     f32[] scalar.
   """
-  _check_codes(h, "binary_loss")
-  return -jnp.mean(jnp.sum(jnp.square(h), axis=-1))
+  _check_codes(codes, "binary_loss")
+  return -jnp.mean(jnp.sum(jnp.square(codes), axis=-1))
 
 
-def semantic_loss(h: Array, s: Array, *, include_diagonal: bool = True) -> Array:
+def semantic_loss(codes: Array, similarity: Array, *, include_diagonal: bool = True) -> Array:
   """L_s = E_{x_i, x_j} (H(x_i) . H(x_j) / l - S_ij)^2 (eq. 5.6).
 
   The normalised inner product H_i . H_j / l lies in [-1, 1] and equals
@@ -100,14 +110,15 @@ def semantic_loss(h: Array, s: Array, *, include_diagonal: bool = True) -> Array
   S need not be symmetric (row = anchor); both (i, j) and (j, i) count.
 
   Args:
-    h: f32[b, l] tanh codes of the real images of a batch.
-    s: [b, b] similarities of those images, +1 similar / -1 dissimilar; any
+    codes: f32[b, l] tanh codes of the real images of a batch.
+    similarity: [b, b] similarities of those images, +1 similar / -1 dissimilar; any
       real or integer dtype (the SSM rows arrive as int8).
     include_diagonal: whether the b pairs (i, i) count.
 
   Returns:
     f32[] scalar.
   """
+  h, s = codes, similarity
   _check_codes(h, "semantic_loss")
   b, l = h.shape
   if s.shape != (b, b):
@@ -129,70 +140,123 @@ def _check_codes(h: Array, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------
-# Terms: term(outputs, batch) -> scalar.
+# Terms, their registry and their binding to inputs.
 
 
-def _need(mapping: Mapping[str, Any], key: str, term: str, where: str) -> Any:
-  value = mapping.get(key) if mapping is not None else None
-  if value is None:
-    have = sorted(k for k, v in (mapping or {}).items() if v is not None)
-    raise KeyError(f"loss term {term!r} needs {where}[{key!r}]; {where} has {have}")
-  return value
+@dataclasses.dataclass(frozen=True)
+class Term:
+  """A loss function of arrays and, per array argument, the key it reads by default."""
+  fn: Callable[..., Array]
+  inputs: Mapping[str, str]
 
 
-def adversarial_g(outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> Array:
-  """`generator_adversarial_loss(outputs["fake_logit"])`."""
-  del batch
-  return generator_adversarial_loss(_need(outputs, "fake_logit", "adversarial_g", "outputs"))
+def as_term(obj) -> Term:
+  """A `Term`, or a plain function whose arguments without defaults are its
+  inputs (each reads the key of its own name unless the config binds it)."""
+  if isinstance(obj, Term):
+    return obj
+  if not callable(obj):
+    raise TypeError(f"a loss term must be a function or a rsh.losses.Term, got {obj!r}")
+  params = inspect.signature(obj).parameters.values()
+  return Term(obj, {p.name: p.name for p in params if p.default is inspect.Parameter.empty
+                    and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)})
 
 
-def adversarial_d(outputs: Mapping[str, Any], batch: Mapping[str, Any], *,
-                  real_target: float = 1.0) -> Array:
-  """`discriminator_adversarial_loss(outputs["real_logit"], outputs["fake_logit"])`.
-
-  For one-sided label smoothing register
-  `functools.partial(adversarial_d, real_target=0.9)` under this name.
-  """
-  del batch
-  return discriminator_adversarial_loss(
-      _need(outputs, "real_logit", "adversarial_d", "outputs"),
-      _need(outputs, "fake_logit", "adversarial_d", "outputs"), real_target=real_target)
-
-
-def binary(outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> Array:
-  """`binary_loss(outputs["real_hash"])` (real images only, eq. 5.8)."""
-  del batch
-  return binary_loss(_need(outputs, "real_hash", "binary", "outputs"))
-
-
-def semantic(outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> Array:
-  """`semantic_loss(outputs["real_hash"], batch["similarity"])`."""
-  return semantic_loss(_need(outputs, "real_hash", "semantic", "outputs"),
-                       jnp.asarray(_need(batch, "similarity", "semantic", "batch")))
-
-
-# Read-only: extend it by building a new dict (`{**LOSSES, "mine": fn}`) or by
-# passing `terms=` to `total_loss`, never by mutating the module.
+# Read-only: extend it by passing `terms=` (merged over it), never by mutating
+# the module.
 LOSSES: Mapping[str, Term] = types.MappingProxyType({
-    "adversarial_d": adversarial_d,
-    "adversarial_g": adversarial_g,
-    "binary": binary,
-    "semantic": semantic,
+    "adversarial_d": Term(discriminator_adversarial_loss,
+                          {"real_logits": "real_logit", "fake_logits": "fake_logit"}),
+    "adversarial_g": Term(generator_adversarial_loss, {"fake_logits": "fake_logit"}),
+    "binary": Term(binary_loss, {"codes": "real_hash"}),
+    "semantic": Term(semantic_loss, {"codes": "real_hash", "similarity": "similarity"}),
 })
 
 
-def total_loss(weights: Mapping[str, Any], outputs: Mapping[str, Any],
-               batch: Mapping[str, Any], *,
-               terms: Mapping[str, Term] | None = None) -> tuple[Array, dict[str, Array]]:
-  """Weighted sum of named loss terms, e.g. L_D = L_DA + w1 L_b + w2 L_s (eq. 5.8).
+def resolve(type_name: str, terms: Mapping[str, Any] | None = None) -> Term:
+  """A term by registry name (`terms` first, then `LOSSES`) or `"module:attr"`."""
+  known = {**LOSSES, **(terms or {})}
+  if type_name in known:
+    return as_term(known[type_name])
+  if ":" in type_name:
+    module, _, attr = type_name.partition(":")
+    try:
+      return as_term(getattr(importlib.import_module(module), attr))
+    except (ImportError, AttributeError) as e:
+      raise ValueError(f"cannot import loss term {type_name!r}: {e}") from None
+  raise ValueError(f"unknown loss term {type_name!r}; known terms: {', '.join(sorted(known))} "
+                   "(or 'package.module:function')")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+  """One configured term: its function, its inputs' keys, options and weight."""
+  name: str
+  fn: Callable[..., Array]
+  inputs: Mapping[str, str]     # argument -> key of the step's inputs
+  options: Mapping[str, Any]    # keyword options of `fn`
+  weight: Any
+
+
+def bind(losses_config: Mapping[str, Any], *, nets: Sequence[str],
+         terms: Mapping[str, Any] | None = None) -> dict[str, list[Bound]]:
+  """`config.losses` -> {network: [Bound, ...]} in the config's order.
+
+  Each entry is `dict(weight=w, on=<network>, type=<term>, <argument>=<key>,
+  <option>=<value>)`; `on` defaults to the first of `nets`, `type` to the
+  entry's own name. Every mistake raises a ValueError naming the key.
+  """
+  out: dict[str, list[Bound]] = {net: [] for net in nets}
+  for name, entry in losses_config.items():
+    entry = dict(entry)
+    where = f"config.losses.{name}"
+    term = resolve(str(entry.pop("type", name)), terms)
+    on = entry.pop("on", nets[0])
+    if on not in nets:
+      raise ValueError(f"{where}.on must be one of {', '.join(map(repr, nets))}, got {on!r}")
+    if "weight" not in entry:
+      raise ValueError(f"{where} needs a weight")
+    weight = entry.pop("weight")
+    if isinstance(weight, (int, float, np.number)):
+      weight = float(weight)
+    params = inspect.signature(term.fn).parameters
+    options = [p for p, v in params.items() if v.default is not inspect.Parameter.empty]
+    inputs, kwargs = dict(term.inputs), {}
+    for key, value in entry.items():
+      if key in inputs:
+        inputs[key] = str(value)
+      elif key in options:
+        kwargs[key] = value
+      else:
+        raise ValueError(f"{where}.{key}: not an input ({', '.join(inputs)}) nor an "
+                         f"option ({', '.join(options) or 'none'}) of the term")
+    out[on].append(Bound(name, term.fn, inputs, kwargs, weight))
+  return out
+
+
+def input_keys(bound: Mapping[str, Sequence[Bound]]) -> set[str]:
+  """Every key the bound terms read (the runner provides the batch ones)."""
+  return {key for terms in bound.values() for b in terms for key in b.inputs.values()}
+
+
+def _need(inputs: Mapping[str, Any], key: str, term: str, arg: str) -> Any:
+  value = inputs.get(key)
+  if value is None:
+    have = sorted(k for k, v in inputs.items() if v is not None)
+    raise KeyError(f"loss term {term!r} reads {arg}={key!r}, which the step does not "
+                   f"provide; it has {have}")
+  return value
+
+
+def total_loss(bound: Sequence[Bound], inputs: Mapping[str, Any]
+               ) -> tuple[Array, dict[str, Array]]:
+  """Weighted sum of bound terms, e.g. L_D = L_DA + w1 L_b + w2 L_s (eq. 5.8).
 
   Args:
-    weights: {term name: weight}; the terms to use, in this order. Weights
-      are Python / numpy numbers or jax scalars (e.g. a schedule).
-    outputs: model outputs the terms read (see the module docstring).
-    batch: the batch the terms read (e.g. "similarity").
-    terms: extra or replacement terms `fn(outputs, batch) -> scalar`, merged
-      over `LOSSES` (so `{**LOSSES, "mine": fn}` and `{"mine": fn}` both work).
+    bound: the terms of one network (`bind(...)[net]`), summed in this order.
+      Weights are Python / numpy numbers or jax scalars (e.g. a schedule).
+    inputs: the arrays the terms read (the batch merged with model outputs; a
+      None value counts as missing).
 
   Returns:
     (total f32[], {name: f32[] value of the term, unweighted}). A term whose
@@ -201,22 +265,18 @@ def total_loss(weights: Mapping[str, Any], outputs: Mapping[str, Any],
     total or the gradients.
 
   Raises:
-    ValueError: a weight names an unknown term (the message lists the known
-      ones), or a term returned a non-scalar.
-    KeyError: a term's input is missing from `outputs` / `batch`.
+    ValueError: a term returned a non-scalar.
+    KeyError: a term's input is missing (the message names the term and key).
   """
-  known = dict(LOSSES) if terms is None else {**LOSSES, **terms}
-  unknown = [name for name in weights if name not in known]
-  if unknown:
-    raise ValueError(f"unknown loss term(s) {unknown}; known terms: {sorted(known)}")
   total = jnp.zeros((), jnp.float32)
   values = {}
-  for name, weight in weights.items():
-    value = jnp.asarray(known[name](outputs, batch))
+  for b in bound:
+    args = {arg: _need(inputs, key, b.name, arg) for arg, key in b.inputs.items()}
+    value = jnp.asarray(b.fn(**args, **b.options))
     if value.ndim != 0:
-      raise ValueError(f"loss term {name!r} must return a scalar, got shape {value.shape}")
-    values[name] = value
-    if isinstance(weight, (int, float, np.number)) and weight == 0:
+      raise ValueError(f"loss term {b.name!r} must return a scalar, got shape {value.shape}")
+    values[b.name] = value
+    if isinstance(b.weight, (int, float, np.number)) and b.weight == 0:
       continue
-    total = total + weight * value
+    total = total + b.weight * value
   return total, values

@@ -102,16 +102,19 @@ def image_grid(images: np.ndarray, band_names, path, ncol: int = 8) -> None:
 
 
 def retrievals(prepared, query_repr: np.ndarray, archive_repr: np.ndarray, path,
-               binary: bool, max_classes: int = 10, top: int = 10, seed: int = 0) -> None:
+               binary: bool, max_classes: int = 10, top: int = 10, seed: int = 0,
+               query: str = "query", archive: str = "archive") -> None:
   """Top-10 retrievals of one random query per class (at most `max_classes`).
 
   Green frame = same class as the query. One query per class, drawn by the
   seed, shows every class's behaviour rather than whichever few classes a
-  random draw of queries happens to hit.
+  random draw of queries happens to hit. `query` / `archive` name the sets
+  of `prepared` the representations belong to.
   """
   from rsh import hamming
   rng = np.random.default_rng(seed)
-  q_labels = prepared.labels[prepared.split.query]
+  q_set, a_set = prepared.indices(query), prepared.indices(archive)
+  q_labels = prepared.labels[q_set]
   classes = np.unique(q_labels)[:max_classes]
   picks = np.array([rng.choice(np.flatnonzero(q_labels == c)) for c in classes])
   if binary:
@@ -120,16 +123,16 @@ def retrievals(prepared, query_repr: np.ndarray, archive_repr: np.ndarray, path,
   else:
     _, idx = hamming.cosine_search(query_repr[picks], archive_repr, top)
   idx = np.asarray(idx)
-  split, labels, names = prepared.split, prepared.labels, prepared.class_names
+  labels, names = prepared.labels, prepared.class_names
   fig, axes = plt.subplots(len(picks), top + 1, figsize=(1.2 * (top + 1), 1.35 * len(picks)),
                            squeeze=False)
   for r, q in enumerate(picks):
-    q_global = split.query[q]
+    q_global = q_set[q]
     qimg = prepared.images[q_global].astype(np.float32)
     axes[r, 0].imshow(composite(qimg, prepared.band_names))
     axes[r, 0].set_title(f"query: {names[labels[q_global]]}", fontsize=6)
     for c in range(top):
-      a_global = split.archive[idx[r, c]]
+      a_global = a_set[idx[r, c]]
       ax = axes[r, c + 1]
       ax.imshow(composite(prepared.images[a_global].astype(np.float32), prepared.band_names))
       ok = labels[a_global] == labels[q_global]

@@ -1,4 +1,5 @@
-"""Running one config in one workdir: config.json, dispatch, results.json.
+"""Running one config in one workdir: config.json, the refusal to resume into
+another config, then `rsh.experiment.train_and_evaluate` (which writes results.json).
 
 Shared by `rsh.main` (one run) and `rsh.reproduce` (many runs); neither is
 imported by anything else.
@@ -13,6 +14,7 @@ from typing import Any
 
 import ml_collections
 
+from rsh import experiment
 from rsh import methods
 
 # Keys that may change between a run and its resumption (how long, how often),
@@ -40,12 +42,6 @@ def config_to_dict(config) -> dict:
   return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
 
 
-def _write_json(path: pathlib.Path, obj) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
-
-
 def check_workdir(config, workdir: pathlib.Path, allow_config_change: bool = False) -> None:
   """Refuses to resume into a workdir trained with a different config."""
   path = workdir / "config.json"
@@ -63,20 +59,20 @@ def check_workdir(config, workdir: pathlib.Path, allow_config_change: bool = Fal
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-        allow_config_change: bool = False, terms: dict | None = None) -> dict:
+        allow_config_change: bool = False, terms: dict | None = None,
+        evaluators: dict | None = None) -> dict:
   """Trains and evaluates `config` in `workdir`; returns and writes results.json.
 
-  `terms`: extra loss terms `{name: fn(outputs, batch) -> scalar}` (e.g. from a
-  notebook) that `config.losses` may name beside the built-in ones.
+  `terms`: extra loss terms `{name: fn}` (e.g. from a notebook) that
+  `config.losses` may name beside the built-in ones (`rsh.losses.bind`);
+  `evaluators`: extra evaluator types `config.evals` may name.
   """
   workdir = pathlib.Path(workdir)
-  module = methods.get(config.method)
+  methods.get(config.method)  # an unknown method fails before anything is written
   check_workdir(config, workdir, allow_config_change)
   workdir.mkdir(parents=True, exist_ok=True)
-  _write_json(workdir / "config.json", config_to_dict(config))
-  results = module.train_and_evaluate(config, workdir, terms=terms)
-  _write_json(workdir / "results.json", results)
-  return results
+  experiment.write_json(workdir / "config.json", config_to_dict(config))
+  return experiment.train_and_evaluate(config, workdir, terms=terms, evaluators=evaluators)
 
 
 def load_results(workdir: str | os.PathLike) -> dict | None:

@@ -186,117 +186,173 @@ def test_binary_loss_bad_shape():
 
 
 # ----------------------------------------------------------------------------
-# Terms and total_loss.
+# Terms: the registry, binding to inputs by config, and total_loss.
+
+D_CONFIG = {"adversarial_d": dict(weight=1.0, on="discriminator"),
+            "adversarial_g": dict(weight=1.0, on="generator"),
+            "binary": dict(weight=0.1, on="discriminator", codes="real_hash"),
+            "semantic": dict(weight=0.1, on="discriminator", codes="real_hash",
+                             similarity="similarity")}
+NETS = ("discriminator", "generator")
 
 
 @pytest.fixture
 def step_values():
   rng = np.random.default_rng(4)
-  outputs = {"real_logit": jnp.asarray(rng.normal(size=6), jnp.float32),
-             "fake_logit": jnp.asarray(rng.normal(size=6), jnp.float32),
-             "real_hash": jnp.asarray(_codes(rng, 6, 16))}
-  batch = {"similarity": jnp.asarray(_similarity(rng, 6))}
-  return outputs, batch
+  return {"real_logit": jnp.asarray(rng.normal(size=6), jnp.float32),
+          "fake_logit": jnp.asarray(rng.normal(size=6), jnp.float32),
+          "real_hash": jnp.asarray(_codes(rng, 6, 16)),
+          "other_hash": jnp.asarray(_codes(rng, 6, 16)),
+          "similarity": jnp.asarray(_similarity(rng, 6))}
 
 
-def test_registry_terms_read_outputs_and_batch(step_values):
-  outputs, batch = step_values
-  o = {k: np.asarray(v) for k, v in outputs.items()}
-  s = np.asarray(batch["similarity"])
+def _bind(config, **kw):
+  return losses.bind(config, nets=NETS, **kw)
+
+
+def test_bound_terms_are_the_equations(step_values):
+  o = {k: np.asarray(v) for k, v in step_values.items()}
   assert set(losses.LOSSES) == {"adversarial_d", "adversarial_g", "binary", "semantic"}
+  bound = _bind(D_CONFIG)
+  assert [b.name for b in bound["discriminator"]] == ["adversarial_d", "binary", "semantic"]
+  assert [b.name for b in bound["generator"]] == ["adversarial_g"]
+  _, d = losses.total_loss(bound["discriminator"], step_values)
+  _, g = losses.total_loss(bound["generator"], step_values)
   expected = {"adversarial_d": discriminator_ref(o["real_logit"], o["fake_logit"]),
               "adversarial_g": generator_ref(o["fake_logit"]),
               "binary": binary_ref(o["real_hash"]),
-              "semantic": semantic_ref(o["real_hash"], s)}
+              "semantic": semantic_ref(o["real_hash"], o["similarity"])}
   for name, value in expected.items():
-    np.testing.assert_allclose(losses.LOSSES[name](outputs, batch), value, rtol=1e-5)
+    np.testing.assert_allclose({**d, **g}[name], value, rtol=1e-5)
+
+
+def test_binding_moves_a_term_to_other_inputs(step_values):
+  # The same registered term read from another key: the value follows the key.
+  bound = _bind({"semantic": dict(weight=1.0, codes="other_hash")})
+  _, values = losses.total_loss(bound["discriminator"], step_values)
+  np.testing.assert_allclose(values["semantic"], semantic_ref(
+      np.asarray(step_values["other_hash"]), np.asarray(step_values["similarity"])), rtol=1e-5)
+  # Two entries of one type, under their own names, and an option of the function.
+  bound = _bind({"sem_a": dict(type="semantic", weight=1.0),
+                 "sem_b": dict(type="semantic", weight=1.0, include_diagonal=False),
+                 "smooth": dict(type="adversarial_d", weight=1.0, real_target=0.9)})
+  _, values = losses.total_loss(bound["discriminator"], step_values)
+  assert values["sem_a"] != values["sem_b"]
+  np.testing.assert_allclose(values["sem_b"], losses.semantic_loss(
+      step_values["real_hash"], step_values["similarity"], include_diagonal=False))
+  np.testing.assert_allclose(values["smooth"], discriminator_ref(
+      np.asarray(step_values["real_logit"]), np.asarray(step_values["fake_logit"]), 0.9),
+      rtol=1e-5)
 
 
 def test_total_loss_is_eq_5_8(step_values):
-  outputs, batch = step_values
-  weights = {"adversarial_d": 1.0, "binary": 0.1, "semantic": 0.1}
-  total, values = losses.total_loss(weights, outputs, batch)
-  assert list(values) == list(weights)
+  total, values = losses.total_loss(_bind(D_CONFIG)["discriminator"], step_values)
+  assert list(values) == ["adversarial_d", "binary", "semantic"]
   expected = (values["adversarial_d"] + 0.1 * values["binary"] + 0.1 * values["semantic"])
   np.testing.assert_allclose(total, expected, rtol=1e-6)
-  np.testing.assert_allclose(values["binary"], losses.binary_loss(outputs["real_hash"]))
+  np.testing.assert_allclose(values["binary"], losses.binary_loss(step_values["real_hash"]))
 
 
 def test_total_loss_zero_weight_still_reported(step_values):
-  outputs, batch = step_values
-  total, values = losses.total_loss({"adversarial_d": 1.0, "semantic": 0}, outputs, batch)
+  bound = _bind({"adversarial_d": dict(weight=1.0), "semantic": dict(weight=0)})
+  total, values = losses.total_loss(bound["discriminator"], step_values)
   np.testing.assert_allclose(total, values["adversarial_d"])
   assert float(values["semantic"]) > 0
   # A zero-weighted term that is NaN does not poison the total or the gradients.
-  nan_term = lambda outputs, batch: jnp.sum(outputs["real_logit"]) * jnp.nan
-  total, values = losses.total_loss({"adversarial_d": 1.0, "nan": 0.0}, outputs, batch,
-                                    terms={"nan": nan_term})
+  nan_term = lambda real_logit: jnp.sum(real_logit) * jnp.nan
+  bound = _bind({"adversarial_d": dict(weight=1.0), "nan": dict(weight=0.0)},
+                terms={"nan": nan_term})["discriminator"]
+  total, values = losses.total_loss(bound, step_values)
   assert np.isfinite(total) and np.isnan(values["nan"])
+  floats = {k: v for k, v in step_values.items() if k != "similarity"}
   grad = jax.grad(lambda o: losses.total_loss(
-      {"adversarial_d": 1.0, "nan": 0.0}, o, batch, terms={"nan": nan_term})[0])(outputs)
+      bound, {**o, "similarity": step_values["similarity"]})[0])(floats)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
 
 
-def test_total_loss_unknown_term_lists_known(step_values):
-  outputs, batch = step_values
+def test_bind_errors_name_the_key():
   with pytest.raises(ValueError, match=r"'semantik'.*adversarial_d.*binary.*semantic"):
-    losses.total_loss({"semantik": 0.1}, outputs, batch)
+    _bind({"semantik": dict(weight=0.1)})
+  with pytest.raises(ValueError, match=r"config.losses.semantic.on must be"):
+    _bind({"semantic": dict(weight=0.1, on="both")})
+  with pytest.raises(ValueError, match=r"config.losses.semantic.kodes.*codes.*similarity"):
+    _bind({"semantic": dict(weight=0.1, kodes="real_hash")})
+  with pytest.raises(ValueError, match=r"config.losses.binary needs a weight"):
+    _bind({"binary": dict(on="discriminator")})
+  with pytest.raises(ValueError, match=r"cannot import loss term 'no_such_module:f'"):
+    _bind({"x": dict(type="no_such_module:f", weight=1.0)})
 
 
 def test_total_loss_missing_input_names_it(step_values):
-  outputs, batch = step_values
-  with pytest.raises(KeyError, match=r"semantic.*batch\['similarity'\]"):
-    losses.total_loss({"semantic": 0.1}, outputs, {})
+  bound = _bind({"semantic": dict(weight=0.1)})["discriminator"]
+  with pytest.raises(KeyError, match=r"semantic.*similarity='similarity'"):
+    losses.total_loss(bound, {"real_hash": step_values["real_hash"]})
   with pytest.raises(KeyError, match=r"fake_logit"):
     # DHNN-MS has no generator: a None entry counts as missing.
-    losses.total_loss({"adversarial_d": 1.0}, {**outputs, "fake_logit": None}, batch)
+    losses.total_loss(_bind({"adversarial_d": dict(weight=1.0)})["discriminator"],
+                      {**step_values, "fake_logit": None})
 
 
-def test_total_loss_custom_terms_are_pure(step_values):
-  outputs, batch = step_values
-  mine = lambda outputs, batch: jnp.mean(outputs["real_hash"]) ** 2
-  for terms in ({"mine": mine}, {**losses.LOSSES, "mine": mine}):
-    total, values = losses.total_loss({"mine": 2.0, "binary": 1.0}, outputs, batch,
-                                      terms=terms)
-    np.testing.assert_allclose(total, 2 * values["mine"] + values["binary"], rtol=1e-6)
+def test_notebook_terms_are_pure(step_values):
+  def mine(codes):
+    return jnp.mean(codes) ** 2
+  bound = _bind({"mine": dict(weight=2.0, codes="real_hash"), "binary": dict(weight=1.0)},
+                terms={"mine": mine})["discriminator"]
+  total, values = losses.total_loss(bound, step_values)
+  np.testing.assert_allclose(total, 2 * values["mine"] + values["binary"], rtol=1e-6)
+  np.testing.assert_allclose(values["mine"], jnp.mean(step_values["real_hash"]) ** 2)
   assert "mine" not in losses.LOSSES
   with pytest.raises(TypeError):
     losses.LOSSES["mine"] = mine  # read-only: no global registration
+  # A plain function's arguments read keys of their own names unless bound.
+  bound = _bind({"m": dict(weight=1.0, type="mine")},
+                terms={"mine": lambda other_hash: jnp.sum(other_hash)})["discriminator"]
+  _, values = losses.total_loss(bound, step_values)
+  np.testing.assert_allclose(values["m"], jnp.sum(step_values["other_hash"]))
   # A replacement for a built-in: one-sided label smoothing.
-  smooth = functools.partial(losses.adversarial_d, real_target=0.9)
-  _, values = losses.total_loss({"adversarial_d": 1.0}, outputs, batch,
-                                terms={"adversarial_d": smooth})
+  smooth = losses.Term(functools.partial(losses.discriminator_adversarial_loss, real_target=0.9),
+                       losses.LOSSES["adversarial_d"].inputs)
+  _, values = losses.total_loss(
+      _bind({"adversarial_d": dict(weight=1.0)}, terms={"adversarial_d": smooth})["discriminator"],
+      step_values)
   np.testing.assert_allclose(
       values["adversarial_d"],
-      losses.discriminator_adversarial_loss(outputs["real_logit"], outputs["fake_logit"],
+      losses.discriminator_adversarial_loss(step_values["real_logit"], step_values["fake_logit"],
                                             real_target=0.9), rtol=1e-6)
 
 
+def test_a_term_named_by_import_path(step_values):
+  bound = _bind({"b": dict(type="rsh.losses:binary_loss", weight=1.0, codes="other_hash")})
+  _, values = losses.total_loss(bound["discriminator"], step_values)
+  np.testing.assert_allclose(values["b"], binary_ref(np.asarray(step_values["other_hash"])),
+                             rtol=1e-5)
+
+
 def test_total_loss_rejects_non_scalar_term(step_values):
-  outputs, batch = step_values
+  bound = _bind({"vec": dict(weight=1.0)}, terms={"vec": lambda real_logit: real_logit})
   with pytest.raises(ValueError, match="'vec'.*scalar"):
-    losses.total_loss({"vec": 1.0}, outputs, batch,
-                      terms={"vec": lambda outputs, batch: outputs["real_logit"]})
+    losses.total_loss(bound["discriminator"], step_values)
 
 
 def test_total_loss_jit_and_grad(step_values):
-  outputs, batch = step_values
-  weights = {"adversarial_d": 1.0, "binary": 0.1, "semantic": 0.1}
+  bound = _bind(D_CONFIG)
 
   @jax.jit
-  def f(outputs, batch, w_binary):
-    return losses.total_loss({**weights, "binary": w_binary}, outputs, batch)
+  def f(inputs):
+    return losses.total_loss(bound["discriminator"], inputs)
 
-  total, values = f(outputs, batch, 0.1)
-  eager_total, _ = losses.total_loss(weights, outputs, batch)
+  total, _ = f(step_values)
+  eager_total, _ = losses.total_loss(bound["discriminator"], step_values)
   np.testing.assert_allclose(total, eager_total, rtol=1e-6)
-  grads = jax.grad(lambda o: losses.total_loss(weights, o, batch)[0])(outputs)
+  floats = {k: v for k, v in step_values.items() if k != "similarity"}
+  grads = jax.grad(lambda o: losses.total_loss(
+      bound["discriminator"], {**o, "similarity": step_values["similarity"]})[0])(floats)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   # The generator's total: one term.
-  g_total, g_values = losses.total_loss({"adversarial_g": 1.0}, outputs, batch)
+  g_total, g_values = losses.total_loss(bound["generator"], step_values)
   np.testing.assert_allclose(g_total, g_values["adversarial_g"])
 
 
 def test_total_loss_empty_is_zero(step_values):
-  total, values = losses.total_loss({}, *step_values)
+  total, values = losses.total_loss([], step_values)
   assert float(total) == 0.0 and values == {}

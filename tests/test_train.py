@@ -89,8 +89,9 @@ _SHARDED = textwrap.dedent("""
       # The real step and, from the same call (no second compile), a wrong one
       # whose G update has the opposite sign: the check must reject it.
       new, metrics = step(state, batch, rng)
-      g = jax.tree.map(lambda o, n: o - (n - o), state.g["params"], new.g["params"])
-      return (new, new.replace(g={**new.g, "params": g})), metrics
+      old_g, new_g = state.nets["generator"], new.nets["generator"]
+      g = jax.tree.map(lambda o, n: o - (n - o), old_g.params, new_g.params)
+      return (new, new.replace(nets={**new.nets, "generator": new_g.replace(params=g)})), metrics
 
     rng = np.random.default_rng(0)
     batch = {"image": rng.uniform(-1, 1, (8, 64, 64, 10)).astype(np.float32),
@@ -104,9 +105,12 @@ _SHARDED = textwrap.dedent("""
     (two, wrong), m2 = run(with_wrong_g, jax.devices())
     one, m1 = run(step, jax.devices()[:1])
 
+    NETS = {"d": "discriminator", "g": "generator"}
+
     def update(s, net, part):  # float leaves only: Adam's step count is the same 1
       return [np.asarray(n, np.float64) - np.asarray(o, np.float64) for n, o in
-              zip(jax.tree.leaves(getattr(s, net)[part]), jax.tree.leaves(getattr(state0, net)[part]))
+              zip(jax.tree.leaves(getattr(s.nets[NETS[net]], part)),
+                  jax.tree.leaves(getattr(state0.nets[NETS[net]], part)))
               if np.issubdtype(np.asarray(o).dtype, np.floating)]
 
     def rel(s, net, part):  # ||update(s) - update(one)|| / ||update(one)||

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rsh import runs
+from rsh import update
 from rsh.methods import uahm
 from rsh.models import dcgan
 
@@ -47,10 +48,11 @@ def _step_and_real_only_stats(config):
   batch = _batch()
   # What the running statistics are after the real pass alone, with the
   # parameters the step starts from.
-  _, upd = disc.apply({"params": state.d["params"], "batch_stats": state.d["batch_stats"]},
+  d = state.nets["discriminator"]
+  _, upd = disc.apply({"params": d.params, "batch_stats": d.batch_stats},
                       batch["image"], train=True, mutable=["batch_stats"])
   new, _ = jax.jit(uahm.make_train_step(config, gen, disc))(state, batch, jax.random.PRNGKey(1))
-  return new.d["batch_stats"], upd["batch_stats"], state.d["batch_stats"]
+  return new.nets["discriminator"].batch_stats, upd["batch_stats"], d.batch_stats
 
 
 def test_d_running_statistics_come_from_real_images_only():
@@ -78,15 +80,17 @@ def test_recalibrated_statistics_are_the_mean_batch_moments():
   gen, disc = uahm.build_models(config)
   state = uahm.init_state(config, gen, disc, jax.random.PRNGKey(0))
   images = np.asarray(_batch(24, seed=3)["image"])
-  got = uahm.recalibrate_batch_stats(disc, state.d, images, batch_size=8)
+  d = state.nets["discriminator"]
+  got = update.recalibrate_batch_stats(disc, d.params, d.batch_stats, images, batch_size=8,
+                                       momentum=dcgan.BN_MOMENTUM)
   # Reference by another road: from arbitrary starting statistics S, one
   # train-mode pass leaves m * S + (1 - m) * moments; solve for the moments of
   # each of the 3 batches and average them.
   m = dcgan.BN_MOMENTUM
-  start = jax.tree.map(lambda v: v + 0.5, state.d["batch_stats"])
+  start = jax.tree.map(lambda v: v + 0.5, d.batch_stats)
   per_batch = []
   for s in range(0, 24, 8):
-    _, upd = disc.apply({"params": state.d["params"], "batch_stats": start},
+    _, upd = disc.apply({"params": d.params, "batch_stats": start},
                         images[s:s + 8], train=True, mutable=["batch_stats"])
     per_batch.append(jax.tree.map(lambda new, old: (new - m * old) / (1 - m),
                                   upd["batch_stats"], start))
@@ -99,24 +103,24 @@ def test_recalibrated_statistics_are_the_mean_batch_moments():
 def test_notebook_loss_terms_reach_a_real_run_through_the_entry_point(tmp_path):
   seen = {}
 
-  def balance(outputs, batch):
+  def balance(codes):
     # Bit balance: each bit's mean over the batch near 0.
-    seen["d"] = sorted(k for k, v in outputs.items() if v is not None)
-    return jnp.sum(jnp.square(jnp.mean(outputs["real_hash"], axis=0)))
+    seen["d"] = codes.shape
+    return jnp.sum(jnp.square(jnp.mean(codes, axis=0)))
 
-  def fake_codes_near_corners(outputs, batch):
-    seen["g"] = sorted(k for k, v in outputs.items() if v is not None)
-    assert outputs["fake_image"].shape[1:] == (64, 64, 10)
-    return (-jnp.mean(jnp.square(outputs["fake_hash"]))
-            + 0.0 * jnp.mean(outputs["fake_image"]) + 0.0 * jnp.mean(outputs["fake_logit"]))
+  def fake_codes_near_corners(fake_hash, fake_image, fake_logit):
+    # G-side: the generated images' codes, images and logits are all inputs.
+    seen["g"] = (fake_hash.shape, fake_image.shape, fake_logit.shape)
+    return (-jnp.mean(jnp.square(fake_hash))
+            + 0.0 * jnp.mean(fake_image) + 0.0 * jnp.mean(fake_logit))
 
   config = _smoke()
-  config.losses.balance = dict(weight=0.5, on="discriminator")
+  config.losses.balance = dict(weight=0.5, on="discriminator", codes="fake_hash")
   config.losses.fake_corners = dict(weight=2.0, on="generator")
   results = runs.run(config, tmp_path, terms={"balance": balance,
                                               "fake_corners": fake_codes_near_corners})
-  assert {"real_hash", "real_logit", "fake_hash", "fake_logit", "fake_image"} <= set(seen["d"])
-  assert {"fake_hash", "fake_logit", "fake_feature", "fake_image"} <= set(seen["g"])
+  assert seen["d"] == (8, 64)  # D-side terms can read the fake pass too
+  assert seen["g"] == ((8, 64), (8, 64, 64, 10), (8,))
   last = results["history"][-1]
   # Each total is the weighted sum of its terms: the notebook's are in it.
   d_total = (last["train/d/adversarial_d"] + 0.1 * last["train/d/binary"]
@@ -125,6 +129,15 @@ def test_notebook_loss_terms_reach_a_real_run_through_the_entry_point(tmp_path):
   g_total = last["train/g/adversarial_g"] + 2.0 * last["train/g/fake_corners"]
   assert last["train/g_loss"] == pytest.approx(g_total, rel=1e-5, abs=1e-6)
   assert last["train/d/balance"] > 0
+
+
+def test_a_g_side_term_cannot_read_the_real_pass():
+  config = _smoke()
+  config.losses.peek = dict(type="binary", weight=1.0, on="generator", codes="real_hash")
+  gen, disc = uahm.build_models(config)
+  state = uahm.init_state(config, gen, disc, jax.random.PRNGKey(0))
+  with pytest.raises(KeyError, match="peek.*real_hash"):
+    uahm.make_train_step(config, gen, disc)(state, _batch(), jax.random.PRNGKey(1))
 
 
 @pytest.mark.parametrize("bits", [32, 64, 128])

@@ -33,3 +33,5 @@ from rsh.data.split import PAPER_N_TRAIN
 from rsh.data.split import paper_split
 from rsh.data.split import Split
 from rsh.data.split import steps_per_epoch
+from rsh.data.prepared import prepare
+from rsh.data.prepared import Prepared

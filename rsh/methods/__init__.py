@@ -1,9 +1,15 @@
-"""One small module per method; each exposes `train_and_evaluate(config, workdir, terms=None)`.
+"""The method registry: `config.method` -> a module exposing `build(config, data, terms)`.
 
-Methods never import each other: shared pieces live in the core modules.
+`build` returns an `rsh.experiment.Method` (initial state, pure step, encoder,
+bound loss terms, optionally `generate`); `rsh.experiment.train_and_evaluate`
+does everything else. Methods never import each other: shared pieces live in
+the core modules. `config.method` may also be `"package.module"` (a module with
+`build`) or `"package.module:function"` (a build function) defined anywhere
+importable, so a new method needs no change here.
 """
 
 import importlib
+import types
 
 # method name (config.method) -> module under rsh.methods
 METHODS = {
@@ -12,8 +18,17 @@ METHODS = {
 
 
 def get(name: str):
-  """Returns the module implementing `name`, or a ValueError listing the choices."""
-  if name not in METHODS:
-    raise ValueError(
-        f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
-  return importlib.import_module(f"rsh.methods.{METHODS[name]}")
+  """The module (or namespace) with `build` for `name`; a ValueError lists the choices."""
+  if name in METHODS:
+    return importlib.import_module(f"rsh.methods.{METHODS[name]}")
+  if "." in name or ":" in name:
+    module, _, attr = name.partition(":")
+    try:
+      mod = importlib.import_module(module)
+      build = getattr(mod, attr or "build")
+    except (ImportError, AttributeError) as e:
+      raise ValueError(f"cannot import method {name!r}: {e}") from None
+    return types.SimpleNamespace(build=build, __name__=name)
+  raise ValueError(
+      f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))} "
+      "(or 'package.module[:build_function]')")

@@ -1,0 +1,212 @@
+"""Evaluators, registered by name and configured in `config.evals` (big_vision style).
+
+    config.evals.retrieval = dict(type="retrieval", query="query", archive="archive",
+                                  codes="hash", vectors="hash")
+
+builds `EVALUATORS["retrieval"](name, cfg, ctx)`; its `run(state, final)` returns
+`{metric: value}`. `type` is a name below or `"package.module:Class"` (any
+importable class with the same constructor and methods). What an evaluator
+sees is a `Context`: the config, the prepared data, the method's encoder and
+what the run built for its loss terms (e.g. the SSM).
+
+Each evaluator says where its numbers go in results.json (`section`:
+"metrics", under `prefix`, or "baselines", under its name) and whether it runs
+inside the loop every `train.eval_every` (`in_loop`) or only at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import pathlib
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from rsh import hamming
+from rsh import metrics as rmetrics
+from rsh import similarity
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Context:
+  """What a run offers its evaluators."""
+  config: Any
+  data: Any                                          # rsh.data.Prepared
+  encode: Callable[[Any, Any], Mapping[str, np.ndarray]]
+  ssm: Callable[[], tuple[np.ndarray, dict]]         # the training SSM, built once
+
+
+class Evaluator:
+  """Base class: `run(state, final) -> {metric: value}`; `figures(workdir)`."""
+  section = "metrics"   # or "baselines"
+  prefix = ""
+  in_loop = True
+
+  def __init__(self, name: str, cfg: Mapping[str, Any], ctx: Context):
+    self.name, self.cfg, self.ctx = name, dict(cfg), ctx
+    if "in_loop" in self.cfg:
+      self.in_loop = bool(self.cfg["in_loop"])
+
+  def option(self, key: str, default=None):
+    """The evaluator's own setting, else the shared `config.eval` one."""
+    if key in self.cfg:
+      return self.cfg[key]
+    return self.ctx.config.eval.get(key, default)
+
+  def run(self, state, final: bool) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def figures(self, workdir: pathlib.Path) -> None:
+    del workdir
+
+
+def _protocol(ev: Evaluator, q, a, ql, al, final: bool, **kw) -> dict:
+  return rmetrics.evaluate(q, a, ql, al, k=int(ev.option("k")), n=int(ev.option("n")),
+                           pr_step=int(ev.option("pr_step")),
+                           class_names=ev.ctx.data.class_names if final else None, **kw)
+
+
+class Retrieval(Evaluator):
+  """A named query set against a named archive, by the method's encoder.
+
+  `codes`: the encoder output scored as sign codes by Hamming ranking
+  (`binary/...`); `vectors`: the output scored as real vectors by cosine
+  ranking (`nonbinary/...`). The unprefixed numbers (`map@100`, ...) are the
+  codes' when there are codes, else the vectors'. Outside the final
+  evaluation, class-wise metrics carry class indices instead of names.
+  """
+
+  def __init__(self, name, cfg, ctx):
+    super().__init__(name, cfg, ctx)
+    self.query, self.archive = self.cfg.get("query", "query"), self.cfg.get("archive", "archive")
+    self.codes, self.vectors = self.cfg.get("codes"), self.cfg.get("vectors")
+    if not (self.codes or self.vectors):
+      raise ValueError(f"config.evals.{name} needs codes= or vectors= (an encoder output)")
+    for s in (self.query, self.archive):
+      ctx.data.indices(s)  # a clear error for an unknown set, before training
+    self.last = None
+
+  def run(self, state, final):
+    data = self.ctx.data
+    q_out = self.ctx.encode(state, data.x(self.query))
+    a_out = self.ctx.encode(state, data.x(self.archive))
+    for key in filter(None, (self.codes, self.vectors)):
+      if key not in q_out:
+        raise ValueError(f"config.evals.{self.name}: the encoder has no output {key!r}; "
+                         f"it has {sorted(q_out)}")
+    ql, al = data.labels[data.indices(self.query)], data.labels[data.indices(self.archive)]
+    out = {}
+    if self.codes:
+      q, a = q_out[self.codes], a_out[self.codes]
+      primary = _protocol(self, hamming.pack_codes(q >= 0), hamming.pack_codes(a >= 0),
+                          ql, al, final)
+      out.update({f"binary/{k}": v for k, v in primary.items()})
+    if self.vectors:
+      nonbin = _protocol(self, q_out[self.vectors], a_out[self.vectors], ql, al, final,
+                         distance="cosine")
+      out.update({f"nonbinary/{k}": v for k, v in nonbin.items()})
+      if not self.codes:
+        primary = nonbin
+    out.update(primary)
+    self.last = (q_out, a_out, out)
+    return out
+
+  def figures(self, workdir):
+    if self.last is None:
+      return
+    from rsh import plots  # matplotlib only when figures are drawn
+    q_out, a_out, out = self.last
+    suffix = "" if self.name == "retrieval" else f"_{self.name}"
+    plots.pr_curve(out, workdir / f"pr_curve{suffix}.png")
+    key = self.codes or self.vectors
+    plots.retrievals(self.ctx.data, q_out[key], a_out[key], workdir / f"retrievals{suffix}.png",
+                     binary=bool(self.codes), seed=self.ctx.config.seed,
+                     query=self.query, archive=self.archive)
+
+
+class RandomProjection(Evaluator):
+  """sign(random projection) codes of the same pixels, the same protocol.
+
+  Pixels are the config's bands in [-1, 1], centred by the training mean (a
+  random hyperplane through the data, not through the corner of the cube).
+  `bits` defaults to `config.model.bits`, `seed` to `config.seed + 1`.
+  """
+  section, in_loop = "baselines", False
+
+  def __init__(self, name, cfg, ctx):
+    super().__init__(name, cfg, ctx)
+    self.query, self.archive = self.cfg.get("query", "query"), self.cfg.get("archive", "archive")
+    self.result = None
+
+  def run(self, state, final):
+    del state, final
+    if self.result is None:  # independent of the state: computed once
+      self.result = self._compute()
+    return self.result
+
+  def _compute(self):
+    c, data = self.ctx.config, self.ctx.data
+    bits = int(self.cfg.get("bits", c.model.bits))
+    rng = np.random.default_rng(int(self.cfg.get("seed", c.seed + 1)))
+    dim = int(np.prod(data.images.shape[1:]))
+    proj = rng.standard_normal((dim, bits)).astype(np.float32)
+    train = data.indices("train")
+    mean = data.signed(train).reshape(len(train), -1).mean(0)
+
+    def codes(idx):
+      out = []
+      for s in range(0, len(idx), 1024):
+        x = data.signed(idx[s:s + 1024]).reshape(-1, dim) - mean
+        out.append(x @ proj >= 0)
+      return hamming.pack_codes(np.concatenate(out))
+
+    q, a = data.indices(self.query), data.indices(self.archive)
+    res = _protocol(self, codes(q), codes(a), data.labels[q], data.labels[a], final=True)
+    return {k: v for k, v in res.items() if np.ndim(v) == 0}
+
+
+class SsmQuality(Evaluator):
+  """How well the training SSM agrees with the labels (accuracy, IoU), and its sizes."""
+  prefix, in_loop = "ssm/", False
+
+  def run(self, state, final):
+    del state, final
+    packed, info = self.ctx.ssm()
+    quality = similarity.ssm_quality(packed, self.ctx.data.labels[self.ctx.data.indices("train")])
+    log.info("SSM: K1=%d K2=%d accuracy=%.4f IoU=%.4f", info["k1"], info["k2"],
+             quality["accuracy"], quality["iou"])
+    return {**info, **quality}
+
+
+EVALUATORS: Mapping[str, type] = {
+    "retrieval": Retrieval,
+    "random_projection": RandomProjection,
+    "ssm_quality": SsmQuality,
+}
+
+
+def build(evals_config: Mapping[str, Any], ctx: Context,
+          extra: Mapping[str, type] | None = None) -> dict[str, Evaluator]:
+  """`config.evals` -> {name: evaluator}; `extra` adds types (e.g. a notebook's)."""
+  known = {**EVALUATORS, **(extra or {})}
+  out = {}
+  for name, cfg in evals_config.items():
+    cfg = dict(cfg)
+    kind = str(cfg.pop("type", name))
+    if kind in known:
+      cls = known[kind]
+    elif ":" in kind:
+      module, _, attr = kind.partition(":")
+      try:
+        cls = getattr(importlib.import_module(module), attr)
+      except (ImportError, AttributeError) as e:
+        raise ValueError(f"config.evals.{name}.type: cannot import {kind!r}: {e}") from None
+    else:
+      raise ValueError(f"config.evals.{name}.type={kind!r} is unknown; known: "
+                       f"{', '.join(sorted(known))} (or 'package.module:Class')")
+    out[name] = cls(name, cfg, ctx)
+  return out

@@ -1,0 +1,225 @@
+"""The experiment runner: one `train_and_evaluate(config, workdir)` for every method.
+
+    data -> what the loss terms need (e.g. the SSM) -> method.build -> train.run
+         -> evaluators (in the loop and once at the end) -> results.json -> figures
+
+A method supplies only what is its own, as a `Method`: the initial state, the
+pure step `(state, batch, rng) -> (state, metrics)`, the encoder
+`(state, images) -> {name: f32[n, l]}`, its bound loss terms (so the runner
+knows which batch inputs to make), and optionally `generate` and extra
+figures. Its module exposes `build(config, data, terms) -> Method`
+(`rsh/methods/__init__.py` maps `config.method` to it).
+
+The batch of step `s` holds `image` (the training images, [-1, 1]) and each
+batch input a bound loss term reads (`BATCH_INPUTS`: `similarity`, the SSM block
+of the batch), all cut from a pure function of `s` (exact resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import pathlib
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+
+from rsh import data as rdata
+from rsh import evaluators as revals
+from rsh import losses as rlosses
+from rsh import methods
+from rsh import similarity
+from rsh import train as rtrain
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """What a method gives the runner (see the module docstring)."""
+  init: Callable[[jax.Array], Any]
+  step: rtrain.StepFn
+  encode: Callable[[Any, Any], Mapping[str, np.ndarray]]
+  terms: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # losses.bind(...)
+  generate: Callable[[Any, int, int], np.ndarray] | None = None
+  figures: Callable[[Any, pathlib.Path], None] | None = None
+
+
+def training_ssm(config, data: rdata.Prepared) -> tuple[np.ndarray, dict]:
+  """The unsupervised SSM of the training set (thesis §5.2) as packed bits.
+
+  K1 and K2 are given for 5,000 training images (`config.ssm.n_ref`); smaller
+  training sets scale them proportionally so each image keeps the same share
+  of the set as neighbours.
+  """
+  c = config.ssm
+  idx = data.split.train
+  n = len(idx)
+  k1 = similarity.scale_k(int(c.k1), n, int(c.n_ref))
+  k2 = similarity.scale_k(int(c.k2), n, int(c.n_ref))
+  images = np.asarray(rdata.normalise(data.images[idx]), np.float32)
+  spatial = None
+  if c.spatial != "none":
+    rgb = data.rgb(idx)
+    if rgb is None:
+      raise ValueError(f"config.ssm.spatial={c.spatial!r} needs the bands "
+                       f"{rdata.prepared.RGB} in the data")
+    from rsh import features  # only when a backbone is asked for
+    spatial = features.extract(c.spatial, rgb, weights=c.get("weights"))
+  else:
+    log.info("SSM: config.ssm.spatial='none', spectral features only")
+  packed, info = similarity.build_ssm(
+      images, spectral=c.spectral, n_bins=int(c.n_bins), n_patches=int(c.n_patches),
+      spatial_features=spatial, eta=float(c.eta), k1=k1, k2=k2)
+  # Wall time is not a metric (never the same twice): results.json's `timings`.
+  return packed, {**{k: v for k, v in info.items() if np.ndim(v) == 0 and k != "seconds"},
+                  "k1": k1, "k2": k2}
+
+
+# Batch inputs a loss term may read: key -> fn(ssm, batch indices) -> rows.
+BATCH_INPUTS: Mapping[str, Callable[[Callable[[], Any], np.ndarray], np.ndarray]] = {
+    "similarity": lambda ssm, idx: similarity.ssm_rows(ssm()[0], idx),
+}
+
+
+def results_dict(config, data: rdata.Prepared, evals, final: Mapping[str, dict],
+                 history: list, seconds: float, timings: Mapping[str, float] = ()) -> dict:
+  metrics, baselines, curves = {}, {}, {}
+  for name, ev in evals.items():
+    scalars = {k: v for k, v in final[name].items() if np.ndim(v) == 0}
+    if ev.section == "baselines":
+      baselines[name] = scalars
+    else:
+      metrics.update({f"{ev.prefix}{k}": v for k, v in scalars.items()})
+      curves.update({f"{ev.prefix}{k}": np.asarray(v).tolist()
+                     for k, v in final[name].items() if np.ndim(v) != 0})
+  return {
+      "method": config.method,
+      "name": config.get("name", config.method),
+      "variant": config.get("variant"),
+      "data_source": config.data.source,
+      "data_dir": config.data.get("dir"),
+      "bands": list(data.band_names),
+      "bits": int(config.model.bits),
+      "n_query": int(len(data.split.query)),
+      "n_archive": int(len(data.split.archive)),
+      "n_train": int(len(data.split.train)),
+      "seed": int(config.seed),
+      "k": int(config.eval.k),
+      "n": int(config.eval.n),
+      "metrics": metrics,
+      "curves": curves,
+      "baselines": baselines,
+      "evals": {name: {k: v for k, v in final[name].items() if np.ndim(v) == 0}
+                for name in evals},
+      "history": history,
+      "seconds": round(seconds, 1),
+      "timings": dict(timings),
+  }
+
+
+def _history_row(evals, results: Mapping[str, dict]) -> dict[str, float]:
+  """The scalars of one evaluation, as a row of the curve (eval_history.jsonl)."""
+  row = {}
+  for name, res in results.items():
+    ev = evals[name]
+    prefix = f"{name}/" if ev.section == "baselines" else ev.prefix
+    row.update({f"{prefix}{k}": v for k, v in res.items() if np.ndim(v) == 0})
+  return row
+
+
+def write_json(path: pathlib.Path, obj) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
+                       evaluators: Mapping[str, type] | None = None) -> dict:
+  """Trains `config.method` in `workdir` (resuming if it can), evaluates, writes
+  results.json, then the figures; returns the results.
+
+  `terms`: extra or replacement loss terms (`rsh.losses.bind`), e.g. from a
+  notebook; `evaluators`: extra evaluator types for `config.evals`.
+  """
+  workdir = pathlib.Path(workdir)
+  t_start = time.time()
+  module = methods.get(config.method)
+  data = rdata.prepare(config)
+  batch_size = int(config.train.batch_size)
+  if batch_size > len(data.split.train):
+    raise ValueError(f"config.train.batch_size={batch_size} is larger than the "
+                     f"training set ({len(data.split.train)} images)")
+  method = module.build(config, data, terms=terms)
+  # What the bound loss terms read from the batch; the SSM is built now if a
+  # term reads it, not in the first step.
+  ssm = functools.cache(lambda: training_ssm(config, data))
+  inputs = {k: fn for k, fn in BATCH_INPUTS.items()
+            if k in rlosses.input_keys(method.terms)}
+  timings = {}
+  if "similarity" in inputs:
+    t0 = time.time()
+    ssm()
+    timings["ssm"] = round(time.time() - t0, 2)
+  x_train = data.train_x
+
+  def batch_fn(step: int) -> dict[str, np.ndarray]:
+    idx = rdata.batch_at(np.arange(len(x_train)), batch_size, config.seed, step)
+    return {"image": x_train[idx], **{k: fn(ssm, idx) for k, fn in inputs.items()}}
+
+  ctx = revals.Context(config=config, data=data, encode=method.encode, ssm=ssm)
+  evals = revals.build(config.get("evals", {}), ctx, extra=evaluators)
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  state = method.init(init_rng)
+  num_steps = int(config.train.num_steps)
+  done: dict[int, dict] = {}   # step -> full results of the evaluation at that step
+
+  def evaluate(state, step: int) -> dict[str, dict]:
+    final = step == num_steps
+    results = {name: ev.run(state, final) for name, ev in evals.items()
+               if final or ev.in_loop}
+    done.clear()
+    done[step] = results
+    return results
+
+  def eval_fn(state, step):
+    return _history_row(evals, evaluate(state, step))
+
+  loop = rtrain.LoopConfig(
+      num_steps=num_steps,
+      checkpoint_every=int(config.train.checkpoint_every),
+      eval_every=int(config.train.eval_every),
+      log_every=int(config.train.log_every),
+      progress=bool(config.train.get("progress", True)))
+  state, history = rtrain.run(workdir=workdir, state=state, step_fn=method.step,
+                              batch_fn=batch_fn, rng=train_rng, loop=loop,
+                              eval_fn=eval_fn if evals else None)
+  step = int(jax.device_get(state.step))
+  # The final evaluation ran inside the loop unless the run had already
+  # finished before (a resumed, complete workdir): then it runs here, once.
+  final = done.get(step) or evaluate(state, step)
+  results = results_dict(config, data, evals, final, history, seconds=time.time() - t_start,
+                         timings=timings)
+  write_json(workdir / "results.json", results)  # before the figures: nothing lost
+  _figures(workdir, config, data, method, evals, results, state)
+  return results
+
+
+def _figures(workdir, config, data, method: Method, evals, results, state) -> None:
+  from rsh import plots  # matplotlib only when figures are drawn
+  baseline = results["baselines"].get("random_projection")
+  plots.map_vs_steps(results["history"], workdir / "map_vs_steps.png", k=int(config.eval.k),
+                     reference={"random projection": baseline} if baseline else None)
+  for ev in evals.values():
+    ev.figures(workdir)
+  if method.generate is not None:
+    plots.image_grid(method.generate(state, 16, config.seed), data.band_names,
+                     workdir / "generated.png")
+  if method.figures is not None:
+    method.figures(state, workdir)
