@@ -45,9 +45,16 @@ class Evaluator:
   section = "metrics"   # or "baselines"
   prefix = ""
   in_loop = True
+  options: tuple[str, ...] = ()   # the subclass's own config keys
+  COMMON = ("k", "n", "pr_step", "in_loop")
 
   def __init__(self, name: str, cfg: Mapping[str, Any], ctx: Context):
     self.name, self.cfg, self.ctx = name, dict(cfg), ctx
+    unknown = sorted(set(self.cfg) - set(self.options) - set(self.COMMON))
+    if unknown:
+      raise ValueError(f"config.evals.{name}.{unknown[0]} is not an option of "
+                       f"{type(self).__name__}; options: "
+                       f"{', '.join(self.options + self.COMMON)}")
     if "in_loop" in self.cfg:
       self.in_loop = bool(self.cfg["in_loop"])
 
@@ -79,6 +86,7 @@ class Retrieval(Evaluator):
   codes' when there are codes, else the vectors'. Outside the final
   evaluation, class-wise metrics carry class indices instead of names.
   """
+  options = ("query", "archive", "codes", "vectors")
 
   def __init__(self, name, cfg, ctx):
     super().__init__(name, cfg, ctx)
@@ -136,6 +144,7 @@ class RandomProjection(Evaluator):
   `bits` defaults to `config.model.bits`, `seed` to `config.seed + 1`.
   """
   section, in_loop = "baselines", False
+  options = ("query", "archive", "bits", "seed")
 
   def __init__(self, name, cfg, ctx):
     super().__init__(name, cfg, ctx)

@@ -150,6 +150,13 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   workdir = pathlib.Path(workdir)
   t_start = time.time()
   module = methods.get(config.method)
+  num_steps = int(config.train.num_steps)
+  loop = rtrain.LoopConfig(
+      num_steps=num_steps,
+      checkpoint_every=int(config.train.checkpoint_every),
+      eval_every=int(config.train.eval_every),
+      log_every=int(config.train.log_every),
+      progress=bool(config.train.get("progress", True)))
   data = rdata.prepare(config)
   batch_size = int(config.train.batch_size)
   if batch_size > len(data.split.train):
@@ -177,11 +184,10 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   state = method.init(init_rng)
-  num_steps = int(config.train.num_steps)
   done: dict[int, dict] = {}   # step -> full results of the evaluation at that step
 
   def evaluate(state, step: int) -> dict[str, dict]:
-    final = step == num_steps
+    final = step >= num_steps  # a resumed longer run ends past num_steps
     results = {name: ev.run(state, final) for name, ev in evals.items()
                if final or ev.in_loop}
     done.clear()
@@ -191,12 +197,6 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   def eval_fn(state, step):
     return _history_row(evals, evaluate(state, step))
 
-  loop = rtrain.LoopConfig(
-      num_steps=num_steps,
-      checkpoint_every=int(config.train.checkpoint_every),
-      eval_every=int(config.train.eval_every),
-      log_every=int(config.train.log_every),
-      progress=bool(config.train.get("progress", True)))
   state, history = rtrain.run(workdir=workdir, state=state, step_fn=method.step,
                               batch_fn=batch_fn, rng=train_rng, loop=loop,
                               eval_fn=eval_fn if evals else None)

@@ -239,11 +239,15 @@ def input_keys(bound: Mapping[str, Sequence[Bound]]) -> set[str]:
   return {key for terms in bound.values() for b in terms for key in b.inputs.values()}
 
 
+class MissingInputError(ValueError):
+  """A bound term reads a key the step does not provide (e.g. a typo in the config)."""
+
+
 def _need(inputs: Mapping[str, Any], key: str, term: str, arg: str) -> Any:
   value = inputs.get(key)
   if value is None:
     have = sorted(k for k, v in inputs.items() if v is not None)
-    raise KeyError(f"loss term {term!r} reads {arg}={key!r}, which the step does not "
+    raise MissingInputError(f"loss term {term!r} reads {arg}={key!r}, which the step does not "
                    f"provide; it has {have}")
   return value
 
@@ -266,7 +270,8 @@ def total_loss(bound: Sequence[Bound], inputs: Mapping[str, Any]
 
   Raises:
     ValueError: a term returned a non-scalar.
-    KeyError: a term's input is missing (the message names the term and key).
+    MissingInputError: a term's input is missing (the message names the term
+      and key; a ValueError, so the CLI prints it as one line).
   """
   total = jnp.zeros((), jnp.float32)
   values = {}

@@ -156,6 +156,10 @@ def test_unknown_evaluator_and_method_are_named(tmp_path):
   with pytest.raises(ValueError, match=r"unknown image set 'queries'"):
     runs.run(config, tmp_path / "b")
   config = spec["get_config"]()
+  config.evals.retrieval.archve = "archive"
+  with pytest.raises(ValueError, match=r"config.evals.retrieval.archve is not an option"):
+    runs.run(config, tmp_path / "e")
+  config = spec["get_config"]()
   config.evals.retrieval.codes = "code"
   with pytest.raises(ValueError, match=r"encoder has no output 'code'.*hash"):
     runs.run(config, tmp_path / "c")

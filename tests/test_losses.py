@@ -285,9 +285,9 @@ def test_bind_errors_name_the_key():
 
 def test_total_loss_missing_input_names_it(step_values):
   bound = _bind({"semantic": dict(weight=0.1)})["discriminator"]
-  with pytest.raises(KeyError, match=r"semantic.*similarity='similarity'"):
+  with pytest.raises(losses.MissingInputError, match=r"semantic.*similarity='similarity'"):
     losses.total_loss(bound, {"real_hash": step_values["real_hash"]})
-  with pytest.raises(KeyError, match=r"fake_logit"):
+  with pytest.raises(losses.MissingInputError, match=r"fake_logit"):
     # DHNN-MS has no generator: a None entry counts as missing.
     losses.total_loss(_bind({"adversarial_d": dict(weight=1.0)})["discriminator"],
                       {**step_values, "fake_logit": None})

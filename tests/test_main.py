@@ -75,6 +75,10 @@ def test_rerun_of_a_finished_run_does_not_train_again(smoke_run):
     (["--config=configs/uahm.py:smoke", "--config.train.checkpoint_every=-1"],
      "checkpoint_every must be an integer >= 0"),
     (["--config=configs/uahm.py:smoke", "--config.model.d_stats=both"], "d_stats"),
+    (["--config=configs/uahm.py:smoke", "--config.losses.binary.codes=real_hsh"],
+     "loss term 'binary' reads codes='real_hsh'"),
+    (["--config=configs/uahm.py:smoke", "--config.evals.retrieval.codes=hsh"],
+     "encoder has no output 'hsh'"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, args, message):
   out = _run(*args, f"--workdir={tmp_path / 'w'}")

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rsh import losses as rlosses
 from rsh import runs
 from rsh import update
 from rsh.methods import uahm
@@ -136,7 +137,7 @@ def test_a_g_side_term_cannot_read_the_real_pass():
   config.losses.peek = dict(type="binary", weight=1.0, on="generator", codes="real_hash")
   gen, disc = uahm.build_models(config)
   state = uahm.init_state(config, gen, disc, jax.random.PRNGKey(0))
-  with pytest.raises(KeyError, match="peek.*real_hash"):
+  with pytest.raises(rlosses.MissingInputError, match="peek.*real_hash"):
     uahm.make_train_step(config, gen, disc)(state, _batch(), jax.random.PRNGKey(1))
 
 

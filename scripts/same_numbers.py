@@ -1,0 +1,50 @@
+"""Are two runs' numbers bitwise equal? For refactors: `results.json` before and after.
+
+    python scripts/same_numbers.py BEFORE/results.json AFTER/results.json
+
+Compares `metrics`, `curves`, `baselines` and every `history` value exactly
+(JSON floats round-trip, so equal text is equal bits), except wall times
+(`*seconds`), which are never the same twice. Exit status 1 on any difference.
+"""
+
+import json
+import sys
+
+
+def differences(a: dict, b: dict) -> list[str]:
+  timeless = lambda keys: {k for k in keys if not k.endswith("seconds")}
+  out = []
+  for sec in ("metrics", "curves", "baselines"):
+    ka, kb = timeless(a.get(sec, {})), timeless(b.get(sec, {}))
+    out += [f"{sec}: {k} only before" for k in sorted(ka - kb)]
+    out += [f"{sec}: {k} only after" for k in sorted(kb - ka)]
+    out += [f"{sec}: {k} {a[sec][k]!r} != {b[sec][k]!r}" for k in sorted(ka & kb)
+            if a[sec][k] != b[sec][k]]
+  ha = {r["step"]: r for r in a.get("history", [])}
+  hb = {r["step"]: r for r in b.get("history", [])}
+  if set(ha) != set(hb):
+    out.append(f"history steps {sorted(ha)} != {sorted(hb)}")
+  for s in sorted(set(ha) & set(hb)):
+    for k in sorted(timeless(ha[s])):
+      if k not in hb[s]:
+        out.append(f"history step {s}: {k} only before")
+      elif hb[s][k] != ha[s][k]:
+        out.append(f"history step {s}: {k} {ha[s][k]!r} != {hb[s][k]!r}")
+  for k in ("n_query", "n_archive", "n_train", "seed", "bits", "k", "n", "bands"):
+    if a.get(k) != b.get(k):
+      out.append(f"{k}: {a.get(k)!r} != {b.get(k)!r}")
+  return out
+
+
+def main(argv):
+  if len(argv) != 3:
+    sys.exit(__doc__)
+  a, b = (json.load(open(p)) for p in argv[1:])
+  diff = differences(a, b)
+  print("\n".join(diff) if diff else
+        f"identical: {len(a['metrics'])} metrics, {len(a.get('history', []))} history rows")
+  return 1 if diff else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
