@@ -144,26 +144,21 @@ def test_the_final_evaluation_runs_once_and_a_finished_run_reevaluates_once(tmp_
   assert calls == [(6, True), (6, True)]
 
 
-def test_unknown_evaluator_and_method_are_named(tmp_path):
+@pytest.mark.parametrize("key, value, message", [
+    ("evals.bad", dict(type="retrievl"), r"config.evals.bad.type='retrievl'.*retrieval"),
+    ("evals.retrieval.query", "queries", r"unknown image set 'queries'"),
+    ("evals.retrieval.archve", "archive", r"config.evals.retrieval.archve is not an option"),
+    ("evals.retrieval.codes", "code", r"encoder has no output 'code'.*hash"),
+    ("method", "tests.test_core:no_such_build", r"cannot import method"),
+])
+def test_unknown_evaluator_and_method_are_named(tmp_path, key, value, message):
   spec = {}
   exec(CONFIG, spec)
   config = spec["get_config"]()
-  config.evals.bad = dict(type="retrievl")
-  with pytest.raises(ValueError, match=r"config.evals.bad.type='retrievl'.*retrieval"):
-    runs.run(config, tmp_path / "a")
-  config = spec["get_config"]()
-  config.evals.retrieval.query = "queries"
-  with pytest.raises(ValueError, match=r"unknown image set 'queries'"):
-    runs.run(config, tmp_path / "b")
-  config = spec["get_config"]()
-  config.evals.retrieval.archve = "archive"
-  with pytest.raises(ValueError, match=r"config.evals.retrieval.archve is not an option"):
-    runs.run(config, tmp_path / "e")
-  config = spec["get_config"]()
-  config.evals.retrieval.codes = "code"
-  with pytest.raises(ValueError, match=r"encoder has no output 'code'.*hash"):
-    runs.run(config, tmp_path / "c")
-  config = spec["get_config"]()
-  config.method = "tests.test_core:no_such_build"
-  with pytest.raises(ValueError, match=r"cannot import method"):
-    runs.run(config, tmp_path / "d")
+  *path, leaf = key.split(".")
+  section = config
+  for part in path:
+    section = section[part]
+  section[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    runs.run(config, tmp_path)

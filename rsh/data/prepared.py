@@ -50,12 +50,6 @@ class Prepared:
     """The named set's images as `signed` would give them, sliced on demand."""
     return _Lazy(self, self.indices(name))
 
-  def query_x(self) -> "_Lazy":
-    return self.x("query")
-
-  def archive_x(self) -> "_Lazy":
-    return self.x("archive")
-
   @functools.cached_property
   def train_x(self) -> np.ndarray:
     """f32[n_train, 64, 64, c] in [-1, 1], held in memory: batches are cut from it."""
