@@ -49,6 +49,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rsh import hamming  # noqa: E402
+from rsh import search  # noqa: E402
 
 try:
   import faiss  # noqa: E402
@@ -114,11 +115,11 @@ def main():
       db = rng.integers(0, 256, (n, l // 8), dtype=np.uint8)
       q = rng.integers(0, 256, (ARGS.queries, l // 8), dtype=np.uint8)
       row = dict(archive=n, bits=l, queries=ARGS.queries, k=ARGS.k, threads=ARGS.threads)
-      t_rsh, (d, i) = best_time(lambda: hamming.search(q, db, ARGS.k), ARGS.repeats)
+      t_rsh, (d, i) = best_time(lambda: search.search(q, db, ARGS.k), ARGS.repeats)
       row["rsh_s"] = t_rsh
       same = []
       if faiss is not None:
-        index = hamming.to_faiss(db)
+        index = search.to_faiss(db)
         t_faiss, (fd, fi) = best_time(lambda: index.search(q, ARGS.k), ARGS.repeats)
         row["faiss_s"] = t_faiss
         same.append(bool((fd == d).all() and (fi == i).all()))

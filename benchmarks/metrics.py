@@ -1,4 +1,4 @@
-"""rsh.metrics.evaluate vs a straightforward argsort-based numpy evaluation, same run.
+"""rsh.protocol.evaluate vs a straightforward argsort-based numpy evaluation, same run.
 
     python benchmarks/metrics.py [--queries=1000] [--archive=26000] [--bits=128]
                                  [--classes=10] [--threads=2] [--quick]
@@ -53,7 +53,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rsh import metrics  # noqa: E402
+from rsh import protocol  # noqa: E402
 
 
 def codes(rng, n, bits, classes, flip):
@@ -105,9 +105,9 @@ def main():
   load = os.getloadavg()[0]
 
   t_base, want = best_time(lambda: baseline(qc, ac, ql, al, k, n, cutoffs), ARGS.repeats)
-  t_same, got = best_time(lambda: metrics.evaluate(qc, ac, ql, al, map_modes=("thesis",), **common),
-                          ARGS.repeats)
-  t_all, got_all = best_time(lambda: metrics.evaluate(qc, ac, ql, al, **common), ARGS.repeats)
+  t_same, got = best_time(lambda: protocol.evaluate(qc, ac, ql, al, map_modes=("thesis",),
+                                                    **common), ARGS.repeats)
+  t_all, got_all = best_time(lambda: protocol.evaluate(qc, ac, ql, al, **common), ARGS.repeats)
   diff = max(float(np.max(np.abs(np.asarray(got[key]) - np.asarray(v)))) for key, v in want.items())
   diff_all = max(float(np.max(np.abs(np.asarray(got_all[key]) - np.asarray(v))))
                  for key, v in want.items())
@@ -118,9 +118,9 @@ def main():
   print("| implementation | metrics | seconds | speed-up | max abs difference |")
   print("|---|---|---|---|---|")
   print(f"| numpy argsort (baseline) | MAP@{k}, P@{n}, PR, class-wise | {t_base:.3f} | 1.0x | - |")
-  print(f"| rsh.metrics.evaluate | same (+ tie-aware MAP, NDCG, ACG, P@r2) | {t_same:.3f} | "
+  print(f"| rsh.protocol.evaluate | same (+ tie-aware MAP, NDCG, ACG, P@r2) | {t_same:.3f} | "
         f"{t_base / t_same:.1f}x | {diff:.1e} |")
-  print(f"| rsh.metrics.evaluate | every MAP convention (+ MAP@all) | {t_all:.3f} | "
+  print(f"| rsh.protocol.evaluate | every MAP convention (+ MAP@all) | {t_all:.3f} | "
         f"{t_base / t_all:.1f}x | {diff_all:.1e} |")
   print(f"\nMAP@{k} {got[f'map@{k}']:.4f}, P@{n} {got[f'precision@{n}']:.4f}, "
         f"tie-aware MAP@{k} {got[f'map@{k}/tie_aware']:.4f}, MAP@all {got_all['map@all']:.4f}")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from rsh import hamming
-from rsh import metrics as rmetrics
+from rsh import protocol as rprotocol
 from rsh import similarity
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,9 @@ class Evaluator:
 
 
 def _protocol(ev: Evaluator, q, a, ql, al, final: bool, **kw) -> dict:
-  return rmetrics.evaluate(q, a, ql, al, k=int(ev.option("k")), n=int(ev.option("n")),
-                           pr_step=int(ev.option("pr_step")),
-                           class_names=ev.ctx.data.class_names if final else None, **kw)
+  return rprotocol.evaluate(q, a, ql, al, k=int(ev.option("k")), n=int(ev.option("n")),
+                            pr_step=int(ev.option("pr_step")),
+                            class_names=ev.ctx.data.class_names if final else None, **kw)
 
 
 class Retrieval(Evaluator):

@@ -111,17 +111,17 @@ def retrievals(prepared, query_repr: np.ndarray, archive_repr: np.ndarray, path,
   random draw of queries happens to hit. `query` / `archive` name the sets
   of `prepared` the representations belong to.
   """
-  from rsh import hamming
+  from rsh import hamming, search
   rng = np.random.default_rng(seed)
   q_set, a_set = prepared.indices(query), prepared.indices(archive)
   q_labels = prepared.labels[q_set]
   classes = np.unique(q_labels)[:max_classes]
   picks = np.array([rng.choice(np.flatnonzero(q_labels == c)) for c in classes])
   if binary:
-    _, idx = hamming.search(hamming.pack_codes(query_repr[picks] >= 0),
-                            hamming.pack_codes(archive_repr >= 0), top)
+    _, idx = search.search(hamming.pack_codes(query_repr[picks] >= 0),
+                           hamming.pack_codes(archive_repr >= 0), top)
   else:
-    _, idx = hamming.cosine_search(query_repr[picks], archive_repr, top)
+    _, idx = search.cosine_search(query_repr[picks], archive_repr, top)
   idx = np.asarray(idx)
   labels, names = prepared.labels, prepared.class_names
   fig, axes = plt.subplots(len(picks), top + 1, figsize=(1.2 * (top + 1), 1.35 * len(picks)),

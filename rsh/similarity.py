@@ -1,26 +1,14 @@
 """Unsupervised semantic similarity matrix (SSM) of a training set (UAHM, thesis §5.1.4).
 
-    feats = fuse(local_histogram(images, 32, 4), spatial, eta=6.0)
+    feats = spectral.fuse(spectral.local_histogram(images, 32, 4), spatial, eta=6.0)
     packed = two_stage_knn(feats, k1=500, k2=300)          # uint8[n, ceil(n / 8)]
     batch_similarity = ssm_rows(packed, batch_idx)          # int8[b, b] of +-1
     ssm_quality(packed, labels)                             # {"accuracy", "iou"}
 
-or all at once with `build_ssm`. Definitions, with the thesis lines
+or all at once with `build_ssm`. The spectral features and their fusion (Table
+5.1, eq. 5.9) are `rsh.spectral`'s. Definitions, with the thesis lines
 (`spec/sources/uahm_thesis.txt`) they come from:
 
-- Spectral features (Table 5.1, l.1096): raw colour is the flattened image;
-  a colour histogram counts, per band, the pixels in each of `n_bins` equal
-  intervals of [0, 1]; the local version cuts every band into `n_patches`
-  patches and concatenates one histogram per patch and band. The thesis gives
-  the count, not the layout (the table's body is lost from our copy; only its
-  caption survives, l.1112), so the patches are a square grid
-  (n_patches = 4 -> 2 x 2, 16 -> 4 x 4). Each histogram is divided by its
-  pixel count, so every (band, patch) histogram sums to 1.
-- Fusion (eq. 5.9, l.1100-1103): concat(spectral, eta * spatial). The thesis
-  balances the two scales with eta alone and normalises neither part, so
-  neither is L2-normalised here. eta = 6 was chosen for Inception-v3 features
-  next to histograms; a backbone whose features have another scale needs
-  another eta, not a different fusion.
 - Stage 1 (eq. 5.10, l.1107-1110): S1[i, j] = +1 if x_j is among the K1 nearest
   of x_i by cosine distance.
 - Stage 2 (eq. 5.11, l.1112-1119): the distance of i and j is the Hamming
@@ -40,8 +28,9 @@ Choices the thesis leaves open:
   eq. 5.16 counts. Self is put first explicitly, so exact duplicates cannot
   push a point out of its own neighbour set.
 - Ties are broken by index: among equally distant points the lower index
-  wins. Stage 2 distances are small integers, so ties there are the rule, not
-  the exception, and this makes S a deterministic function of the features.
+  wins (`rsh.ranking`'s top-k). Stage 2 distances are small integers, so ties
+  there are the rule, not the exception, and this makes S a deterministic
+  function of the features.
 - S is not symmetric: j may be among the neighbours of i without i being
   among those of j. `ssm_rows` returns S[idx][:, idx] as it is, row = anchor.
 - A zero feature vector has cosine 0 with everything.
@@ -74,9 +63,14 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from rsh import ranking
+from rsh import spectral as rspectral
+
 log = logging.getLogger(__name__)
 
-SPECTRAL = ("raw", "global_hist", "local_hist", "none")
+__all__ = [
+    "scale_k", "cosine_knn", "two_stage_knn", "unpack_ssm", "ssm_rows", "ssm_quality", "build_ssm",
+]
 
 # Work arrays of a block hold about this many (row, column) entries; each entry
 # costs 15-30 bytes across scores or overlaps, their sorted or counted copies
@@ -84,139 +78,6 @@ SPECTRAL = ("raw", "global_hist", "local_hist", "none")
 _BLOCK_ENTRIES = 1 << 25
 # Progress bars appear by default from this many points on.
 _PROGRESS_FROM = 4000
-
-
-# ---------------------------------------------------------------------------
-# Spectral features (Table 5.1) and fusion (eq. 5.9).
-
-def _check_images(x, name: str = "x") -> np.ndarray:
-  """Returns `x` as float32[n, h, w, c] after checking its rank and dtype."""
-  x = np.asarray(x)
-  if x.ndim != 4:
-    raise ValueError(f"{name} must be [n, h, w, c], got shape {x.shape}")
-  if not np.issubdtype(x.dtype, np.floating):
-    raise ValueError(f"{name} must be float in [0, 1], got dtype {x.dtype}")
-  x = x.astype(np.float32, copy=False)
-  return x
-
-
-def raw_colour(x) -> np.ndarray:
-  """The raw-colour feature: each image flattened.
-
-  Args:
-    x: float[n, h, w, c] images in [0, 1].
-
-  Returns:
-    float32[n, h * w * c], row-major over (h, w, c); a view when `x` is
-    float32 and contiguous.
-  """
-  x = _check_images(x)
-  return x.reshape(x.shape[0], -1)
-
-
-def global_histogram(x, n_bins: int = 32) -> np.ndarray:
-  """Per-band colour histogram of each image (`local_histogram` with one patch).
-
-  Args:
-    x: float[n, h, w, c] images in [0, 1].
-    n_bins: equal intervals of [0, 1].
-
-  Returns:
-    float32[n, c * n_bins], band-major; each band's histogram sums to 1.
-  """
-  return local_histogram(x, n_bins, 1)
-
-
-def local_histogram(x, n_bins: int = 32, n_patches: int = 4, *, chunk: int = 256) -> np.ndarray:
-  """Per-band, per-patch colour histograms of each image, concatenated.
-
-  Every band is cut by a g x g grid (g = sqrt(n_patches)); patch k starts at
-  row floor(k * h / g) (columns alike), so a size not divisible by g gives patches that differ by
-  one pixel. Bin b holds values in [b / n_bins, (b + 1) / n_bins); 1.0 falls
-  in the last bin and values outside [0, 1] are clipped into the end bins.
-
-  Args:
-    x: float[n, h, w, c] images in [0, 1].
-    n_bins: equal intervals of [0, 1].
-    n_patches: patches per band; a perfect square (1, 4, 9, 16, ...).
-    chunk: images per vectorised step (bounds the work memory to ~25 bytes
-      per pixel value of a chunk).
-
-  Returns:
-    float32[n, c * n_patches * n_bins], ordered (band, patch row-major, bin);
-    each (band, patch) histogram sums to 1.
-  """
-  x = _check_images(x)
-  n, h, w, c = x.shape
-  n_bins, n_patches = int(n_bins), int(n_patches)
-  if n_bins < 1:
-    raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-  g = math.isqrt(max(n_patches, 0))
-  if n_patches < 1 or g * g != n_patches:
-    raise ValueError(f"n_patches must be a perfect square (1, 4, 9, 16, ...), got {n_patches}")
-  if g > h or g > w:
-    raise ValueError(f"n_patches={n_patches} cuts a {h}x{w} image into empty patches")
-  def cut(size):  # patch index of each row (column): patches start at floor(k * size / g)
-    return np.searchsorted((np.arange(g) * size) // g, np.arange(size), side="right") - 1
-  patch = cut(h)[:, None] * g + cut(w)[None, :]
-  pixels = np.bincount(patch.ravel(), minlength=n_patches)           # per patch
-  width = c * n_patches * n_bins
-  # Where each (row, column, band) value's histogram starts in a feature row.
-  offset = (np.arange(c)[None, None, :] * n_patches + patch[:, :, None]) * n_bins
-  offset = offset.astype(np.int64)
-  per_column = pixels[(np.arange(width) // n_bins) % n_patches].astype(np.float32)
-  out = np.empty((n, width), np.float32)
-  for start in range(0, n, chunk):
-    xb = x[start:start + chunk]
-    if not np.isfinite(xb).all():
-      raise ValueError("x contains NaN or inf")
-    b = len(xb)
-    bins = np.clip(xb * np.float32(n_bins), 0, n_bins - 1).astype(np.int64)
-    bins += offset
-    bins += (np.arange(b, dtype=np.int64) * width)[:, None, None, None]
-    counts = np.bincount(bins.ravel(), minlength=b * width).reshape(b, width)
-    out[start:start + b] = counts / per_column
-  return out
-
-
-def spectral_features(images, kind: str = "local_hist", *, n_bins: int = 32,
-                      n_patches: int = 4) -> np.ndarray | None:
-  """One of Table 5.1's spectral features by name (`SPECTRAL`); None for "none"."""
-  if kind == "raw":
-    return raw_colour(images)
-  if kind == "global_hist":
-    return global_histogram(images, n_bins)
-  if kind == "local_hist":
-    return local_histogram(images, n_bins, n_patches)
-  if kind == "none":
-    return None
-  raise ValueError(f"spectral must be one of {SPECTRAL}, got {kind!r}")
-
-
-def fuse(spectral, spatial=None, eta: float = 6.0) -> np.ndarray:
-  """Fused feature of eq. 5.9: concat(spectral, eta * spatial).
-
-  Neither part is normalised first (the thesis does not; eta balances the
-  scales). With `spatial=None` the spectral feature is returned as it is.
-
-  Args:
-    spectral: float[n, d1].
-    spatial: float[n, d2] (e.g. penultimate-layer CNN features) or None.
-    eta: weight of the spatial part.
-
-  Returns:
-    float32[n, d1 + d2] (or [n, d1]).
-  """
-  spectral = np.asarray(spectral, np.float32)
-  if spectral.ndim != 2:
-    raise ValueError(f"spectral must be [n, d], got shape {spectral.shape}")
-  if spatial is None:
-    return spectral
-  spatial = np.asarray(spatial, np.float32)
-  if spatial.ndim != 2 or len(spatial) != len(spectral):
-    raise ValueError(f"spatial must be [n, d] with n = {len(spectral)} (the spectral rows), "
-                     f"got shape {spatial.shape}")
-  return np.concatenate([spectral, np.float32(eta) * spatial], axis=1)
 
 
 # ---------------------------------------------------------------------------
@@ -265,58 +126,19 @@ def _progress(n: int, progress: bool | None, **kwargs):
   return tqdm.tqdm(disable=disable, leave=False, **kwargs)
 
 
-def _top_k_mask(scores: np.ndarray, k: int, kth: np.ndarray | None = None) -> np.ndarray:
-  """bool[b, n]: the k largest entries of each row; equal scores go to the lower index.
-
-  `kth` (the k-th largest of each row, [b]) may be given when it is cheaper to
-  find than by partitioning (see `_kth_largest_count`).
-  """
-  n = scores.shape[1]
-  if kth is None:
-    kth = np.partition(scores, n - k, axis=1)[:, n - k]
-  kth = np.asarray(kth)[:, None]
-  above = scores > kth
-  tied = scores == kth
-  need = k - above.sum(axis=1)
-  mask = above | tied
-  over = np.nonzero(tied.sum(axis=1) > need)[0]
-  if over.size:  # rows where not every tied entry fits: keep the first `need`
-    rank = np.cumsum(tied[over], axis=1, dtype=np.int32)
-    mask[over] = above[over] | (tied[over] & (rank <= need[over, None]))
-  return mask
-
-
-def _kth_largest_count(values: np.ndarray, k: int, top: int) -> np.ndarray:
-  """The k-th largest of each row of int values in [0, top], by counting.
-
-  Stage-2 overlaps repeat a lot, and np.partition (introselect) slows down
-  on repeats: on clustered features it took ~20x longer than counting.
-  """
-  # One bincount per row: each row's counts stay in cache and no [b, n] key
-  # array is needed.
-  counts = np.stack([np.bincount(row, minlength=top + 1) for row in values])
-  at_least = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]    # [r, v]: #entries >= v
-  return (at_least >= k).sum(axis=1) - 1
-
-
 def _cosine_blocks(x: np.ndarray, k: int, block: int,
-                   progress: bool | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-  """Yields (start, scores f32[b, n], top-k mask bool[b, n]) per block of rows."""
+                   progress: bool | None) -> Iterator[tuple[int, np.ndarray]]:
+  """Yields (start, scores f32[b, n]) per block of rows, each row's self scored +inf."""
   n = len(x)
-  norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
   # Row i ranks j by x_i . x_j / |x_j|: its cosine times the row's constant
   # |x_i|. Integer-valued features then give exactly equal scores to equally
   # distant points, so ties are decided by index, not by rounding.
-  inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0).astype(np.float32)
   with _progress(n, progress, total=n, desc=f"SSM kNN-1 (K1={k})", unit="img") as bar:
-    for start in range(0, n, block):
-      stop = min(n, start + block)
-      scores = x[start:stop] @ x.T
-      scores *= inv[None, :]
-      r = np.arange(stop - start)
+    for start, _, scores in ranking.cosine_blocks(x, x, block, normalise_queries=False):
+      r = np.arange(len(scores))
       scores[r, start + r] = np.inf  # self first, whatever the duplicates
-      yield start, scores, _top_k_mask(scores, k)
-      bar.update(stop - start)
+      yield start, scores
+      bar.update(len(scores))
 
 
 def cosine_knn(features, k: int, *, block: int | None = None,
@@ -336,10 +158,8 @@ def cosine_knn(features, k: int, *, block: int | None = None,
   n = len(x)
   _check_ks(n, k)
   out = np.empty((n, k), np.int32)
-  for start, scores, mask in _cosine_blocks(x, k, _block_rows(n, block), progress):
-    cols = np.nonzero(mask)[1].reshape(-1, k)                  # ascending index
-    order = np.argsort(-np.take_along_axis(scores, cols, 1), axis=1, kind="stable")
-    out[start:start + len(cols)] = np.take_along_axis(cols, order, 1)
+  for start, scores in _cosine_blocks(x, k, _block_rows(n, block), progress):
+    out[start:start + len(scores)] = ranking.top_k_descending(scores, k)
   return out
 
 
@@ -388,8 +208,8 @@ def two_stage_knn(features, k1: int, k2: int, *, block: int | None = None,
 
   # Stage 1: A = S1 as packed 0/1 rows, padded to whole blocks for fixed shapes.
   s1 = np.zeros((m * b, n_bytes), np.uint8)
-  for start, _, mask in _cosine_blocks(x, k1, _block_rows(n, block), progress):
-    s1[start:start + len(mask)] = np.packbits(mask, axis=1)
+  for start, scores in _cosine_blocks(x, k1, _block_rows(n, block), progress):
+    s1[start:start + len(scores)] = np.packbits(ranking.top_k_mask(scores, k1), axis=1)
 
   # Stage 2: overlaps row block by row block; block (I, J > I) is computed once
   # and its transpose kept for row block J.
@@ -417,7 +237,7 @@ def two_stage_knn(features, k1: int, k2: int, *, block: int | None = None,
         raise RuntimeError("stage-2 overlap counts are inexact; the backend's "
                            "bfloat16 matmul did not accumulate in float32")
       overlap[r, r0 + r] = k1 + 1  # self first, whatever the duplicates
-      near = _top_k_mask(overlap, k2, _kth_largest_count(overlap, k2, k1 + 1))
+      near = ranking.top_k_mask(overlap, k2, ranking.kth_largest_count(overlap, k2, k1 + 1))
       near &= np.unpackbits(s1[r0:r1], axis=1, count=n).view(bool)
       s[r0:r1] = np.packbits(near, axis=1)
       bar.update(r1 - r0)
@@ -510,8 +330,8 @@ def build_ssm(images, *, spectral: str = "local_hist", n_bins: int = 32, n_patch
 
   Args:
     images: float[n, h, w, c] in [0, 1] (may be None when spectral="none").
-    spectral: one of `SPECTRAL`; "none" uses the spatial features alone.
-    n_bins, n_patches: histogram settings (see `local_histogram`).
+    spectral: one of `rsh.spectral.SPECTRAL`; "none" uses the spatial features alone.
+    n_bins, n_patches: histogram settings (see `rsh.spectral.local_histogram`).
     spatial_features: float[n, d] (e.g. `rsh.features.extract(...)`) or None
       for spectral features only.
     eta: weight of the spatial part in the fusion (eq. 5.9).
@@ -525,11 +345,11 @@ def build_ssm(images, *, spectral: str = "local_hist", n_bins: int = 32, n_patch
     "seconds", "features" (tuple of the parts used)}.
   """
   start = time.perf_counter()
-  if spectral not in SPECTRAL:
-    raise ValueError(f"spectral must be one of {SPECTRAL}, got {spectral!r}")
+  if spectral not in rspectral.SPECTRAL:
+    raise ValueError(f"spectral must be one of {rspectral.SPECTRAL}, got {spectral!r}")
   if spectral == "none" and spatial_features is None:
     raise ValueError("spectral='none' needs spatial_features")
-  spec = None if spectral == "none" else spectral_features(
+  spec = None if spectral == "none" else rspectral.spectral_features(
       images, spectral, n_bins=n_bins, n_patches=n_patches)
   if spatial_features is not None:
     spatial_features = np.asarray(spatial_features, np.float32)
@@ -544,7 +364,7 @@ def build_ssm(images, *, spectral: str = "local_hist", n_bins: int = 32, n_patch
     feats, parts = spec, (spectral,)
     desc = f"spectral only ({spectral}, {spec.shape[1]}-d)"
   else:
-    feats, parts = fuse(spec, spatial_features, eta), (spectral, "spatial")
+    feats, parts = rspectral.fuse(spec, spatial_features, eta), (spectral, "spatial")
     desc = (f"fused {spectral} ({spec.shape[1]}-d) + {eta:g} x spatial "
             f"({spatial_features.shape[1]}-d)")
   log.info("SSM features: %s for %d images; K1=%d K2=%d", desc, len(feats), k1, k2)

@@ -1,4 +1,5 @@
-"""rsh.metrics against slow obvious references: per-query loops over a stable argsort."""
+"""rsh.metrics and rsh.protocol against slow obvious references: per-query loops over a
+stable argsort."""
 
 import itertools
 import math
@@ -7,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
-from rsh import hamming, metrics
+from rsh import metrics, protocol, ranking
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -21,7 +22,7 @@ def ref_rankings(q, a, distance):
     d = np.unpackbits(q[:, None, :] ^ a[None, :, :], axis=-1).sum(-1)
     order = np.argsort(d, axis=1, kind="stable")
   else:
-    d = hamming.normalise_rows(q) @ hamming.normalise_rows(a).T
+    d = ranking.normalise_rows(q) @ ranking.normalise_rows(a).T
     order = np.argsort(-d, axis=1, kind="stable")
   return order, np.take_along_axis(d, order, 1), d
 
@@ -112,7 +113,7 @@ def test_hand_worked_map_at_k():
   a[4, :3] = True                     # distance 3
   ql = np.array([7])
   al = np.array([7, 3, 7, 7, 3])
-  r = metrics.evaluate(q, a, ql, al, k=4, n=2, pr_cutoffs=[2, 5])
+  r = protocol.evaluate(q, a, ql, al, k=4, n=2, pr_cutoffs=[2, 5])
   # MAP@4 (thesis): P(1) = 1/1, P(3) = 2/3, P(4) = 3/4 at the relevant ranks,
   # n_1 = 3 relevant in the top 4: AP = (1 + 2/3 + 3/4) / 3 = 29/36.
   assert r["map@4"] == pytest.approx(29 / 36)
@@ -132,7 +133,7 @@ def test_hand_worked_map_at_k():
 
 def test_no_relevant_item_in_top_k_gives_zero():
   q, a = np.zeros((2, 8), bool), np.zeros((3, 8), bool)
-  r = metrics.evaluate(q, a, np.array([1, 2]), np.array([0, 0, 1]), k=2, n=1, pr_step=None)
+  r = protocol.evaluate(q, a, np.array([1, 2]), np.array([0, 0, 1]), k=2, n=1, pr_step=None)
   # Query 0: relevant only at rank 3; query 1: nothing relevant anywhere.
   assert r["map@2"] == 0.0 and r["map@2/hit_only"] == 0.0
   assert r["map@all"] == pytest.approx((1 / 3) / 2)
@@ -151,7 +152,7 @@ def test_evaluate_single_label_hamming(nq, na, bits, classes, k, n, step, seed):
   k, n = min(k, na), min(n, na)
   q, ql = clustered(rng, nq, bits, classes)
   a, al = clustered(rng, na, bits, classes)
-  r = metrics.evaluate(q, a, ql, al, k=k, n=n, pr_step=step)
+  r = protocol.evaluate(q, a, ql, al, k=k, n=n, pr_step=step)
   cutoffs = list(range(step, na + 1, step))
   if not cutoffs or cutoffs[-1] != na:
     cutoffs.append(na)
@@ -169,7 +170,7 @@ def test_evaluate_multi_label(nq, na, classes, k, seed):
   q, a = clustered(rng, nq, 16, 3)[0], clustered(rng, na, 16, 3)[0]
   ql = (rng.random((nq, classes)) < 0.4).astype(np.int32)
   al = rng.random((na, classes)) < 0.4
-  r = metrics.evaluate(q, a, ql, al, k=k, n=min(5, na), pr_cutoffs=[na])
+  r = protocol.evaluate(q, a, ql, al, k=k, n=min(5, na), pr_cutoffs=[na])
   assert_matches(r, ref_evaluate(q, a, ql, al, k, min(5, na), np.array([na])))
 
 
@@ -183,7 +184,7 @@ def test_evaluate_cosine(nq, na, f, k, seed):
   q = rng.integers(-2, 3, (nq, f)).astype(np.float32)
   a = rng.integers(-2, 3, (na, f)).astype(np.float32)
   ql, al = rng.integers(0, 3, nq), rng.integers(0, 3, na)
-  r = metrics.evaluate(q, a, ql, al, k=k, n=k, distance="cosine", pr_step=7)
+  r = protocol.evaluate(q, a, ql, al, k=k, n=k, distance="cosine", pr_step=7)
   cutoffs = list(range(7, na + 1, 7)) + ([na] if na % 7 else [])
   assert_matches(r, ref_evaluate(q, a, ql, al, k, k, np.array(cutoffs), distance="cosine"))
   assert "precision@r2" not in r
@@ -195,12 +196,12 @@ def test_evaluate_accepts_every_code_form_and_threads_agree():
   labels = rng.integers(0, 4, 40)
   q, a = bits[:10], bits[10:]
   ql, al = labels[:10], labels[10:]
-  want = metrics.evaluate(np.packbits(q, axis=1), np.packbits(a, axis=1), ql, al, k=10, n=5,
-                          pr_step=10, threads=1)
+  want = protocol.evaluate(np.packbits(q, axis=1), np.packbits(a, axis=1), ql, al, k=10, n=5,
+                           pr_step=10, threads=1)
   for form in (lambda x: x, lambda x: x.astype(np.int8), lambda x: np.where(x, 1.0, -1.0)):
-    assert metrics.evaluate(form(q), form(a), ql, al, k=10, n=5, pr_step=10, threads=2) == want
+    assert protocol.evaluate(form(q), form(a), ql, al, k=10, n=5, pr_step=10, threads=2) == want
   # Without "all" the full-ranking positions are skipped: same numbers for the rest.
-  light = metrics.evaluate(q, a, ql, al, k=10, n=5, pr_step=10, map_modes=("thesis",))
+  light = protocol.evaluate(q, a, ql, al, k=10, n=5, pr_step=10, map_modes=("thesis",))
   assert "map@all" not in light and "map@10/min_k_rel" not in light
   assert all(light[key] == want[key] for key in light)
 
@@ -209,7 +210,7 @@ def test_class_names_label_classwise_entries():
   rng = np.random.default_rng(1)
   q, ql = clustered(rng, 12, 16, 3)
   a, al = clustered(rng, 50, 16, 3)
-  r = metrics.evaluate(q, a, ql, al, k=5, n=5, class_names=["Forest", "River", "SeaLake"])
+  r = protocol.evaluate(q, a, ql, al, k=5, n=5, class_names=["Forest", "River", "SeaLake"])
   by_name = sorted(key for key in r if key.startswith("classwise"))
   names = [["Forest", "River", "SeaLake"][c] for c in np.unique(ql)]
   assert by_name == sorted([f"classwise_map@5/{n}" for n in names]
@@ -224,12 +225,12 @@ def test_tie_aware_metrics_do_not_depend_on_archive_order():
   q, ql = clustered(rng, 40, 16, 4, flip=0.35)
   a, al = clustered(rng, 300, 16, 4, flip=0.35)
   by_class = np.argsort(al, kind="stable")
-  base = metrics.evaluate(q, a[by_class], ql, al[by_class], k=20, n=5, pr_step=None)
+  base = protocol.evaluate(q, a[by_class], ql, al[by_class], k=20, n=5, pr_step=None)
   moved = False
   for seed in range(3):
     perm = np.random.default_rng(seed).permutation(len(al))
-    r = metrics.evaluate(q, a[by_class][perm], ql, al[by_class][perm], k=20, n=5,
-                         pr_step=None)
+    r = protocol.evaluate(q, a[by_class][perm], ql, al[by_class][perm], k=20, n=5,
+                          pr_step=None)
     for key in base:
       if "tie_aware" in key:
         assert r[key] == pytest.approx(base[key], rel=1e-9, abs=1e-12), key
@@ -245,7 +246,7 @@ def test_identical_codes_give_every_class_the_same_tie_aware_map():
   al = np.repeat(np.arange(classes), per)
   ql = np.repeat(np.arange(classes), 3)
   codes = np.zeros((len(al), 2), np.uint8)
-  r = metrics.evaluate(codes[:len(ql)], codes, ql, al, k=20, n=5, pr_step=None)
+  r = protocol.evaluate(codes[:len(ql)], codes, ql, al, k=20, n=5, pr_step=None)
   tie = [r[f"classwise_map@20/tie_aware/{c}"] for c in range(classes)]
   assert tie == pytest.approx([tie[0]] * classes, rel=1e-12)
   # 1 in 5 relevant; thesis AP divides by the hits found, so above 0.2.
@@ -333,7 +334,7 @@ def test_tie_aware_equals_plain_map_without_ties():
   q = rng.normal(size=(10, 6))
   a = rng.normal(size=(80, 6))  # continuous features: no ties
   ql, al = rng.integers(0, 3, 10), rng.integers(0, 3, 80)
-  r = metrics.evaluate(q, a, ql, al, k=20, n=5, distance="cosine")
+  r = protocol.evaluate(q, a, ql, al, k=20, n=5, distance="cosine")
   assert r["map@20/tie_aware"] == pytest.approx(r["map@20"], rel=1e-12)
 
 
@@ -344,37 +345,37 @@ def test_bad_inputs_name_the_argument():
   codes = np.zeros((4, 2), np.uint8)
   lab = np.zeros(4, np.int64)
   with pytest.raises(ValueError, match="`query_codes` have 16 bits but `archive_codes` have 8"):
-    metrics.evaluate(codes, codes[:, :1], lab, lab, k=1, n=1)
+    protocol.evaluate(codes, codes[:, :1], lab, lab, k=1, n=1)
   with pytest.raises(ValueError, match="`archive_codes`.*multiple of 8"):
-    metrics.evaluate(np.ones((4, 8), bool), np.ones((4, 12), bool), lab, lab, k=1, n=1)
+    protocol.evaluate(np.ones((4, 8), bool), np.ones((4, 12), bool), lab, lab, k=1, n=1)
   with pytest.raises(TypeError, match="`query_codes`"):
-    metrics.evaluate(np.array([["x"] * 8] * 4), codes, lab, lab, k=1, n=1)
+    protocol.evaluate(np.array([["x"] * 8] * 4), codes, lab, lab, k=1, n=1)
   with pytest.raises(ValueError, match="`query_codes`.*distance='cosine'"):
-    metrics.evaluate(np.full((4, 8), 0.5), np.ones((4, 8)), lab, lab, k=1, n=1)
+    protocol.evaluate(np.full((4, 8), 0.5), np.ones((4, 8)), lab, lab, k=1, n=1)
   with pytest.raises(ValueError, match="`k`=5 is larger than the archive"):
-    metrics.evaluate(codes, codes, lab, lab, k=5, n=1)
+    protocol.evaluate(codes, codes, lab, lab, k=5, n=1)
   with pytest.raises(ValueError, match="`n`=9 is larger than the archive"):
-    metrics.evaluate(codes, codes, lab, lab, k=1, n=9)
+    protocol.evaluate(codes, codes, lab, lab, k=1, n=9)
   with pytest.raises(ValueError, match="`archive_codes` is empty"):
-    metrics.evaluate(codes, codes[:0], lab, lab[:0], k=1, n=1)
+    protocol.evaluate(codes, codes[:0], lab, lab[:0], k=1, n=1)
   with pytest.raises(ValueError, match="`archive_codes` contains NaN"):
-    metrics.evaluate(np.ones((4, 3)), np.full((4, 3), np.nan), lab, lab, k=1, n=1,
-                     distance="cosine")
+    protocol.evaluate(np.ones((4, 3)), np.full((4, 3), np.nan), lab, lab, k=1, n=1,
+                      distance="cosine")
   with pytest.raises(ValueError, match="`query_labels` has 3 rows but there are 4 codes"):
-    metrics.evaluate(codes, codes, lab[:3], lab, k=1, n=1)
+    protocol.evaluate(codes, codes, lab[:3], lab, k=1, n=1)
   with pytest.raises(ValueError, match="`archive_labels`"):
-    metrics.evaluate(codes, codes, lab, np.zeros((4, 3)), k=1, n=1)
+    protocol.evaluate(codes, codes, lab, np.zeros((4, 3)), k=1, n=1)
   with pytest.raises(ValueError, match="multi-hot `query_labels` must hold only 0 and 1"):
-    metrics.evaluate(codes, codes, np.full((4, 3), 2), np.zeros((4, 3)), k=1, n=1)
+    protocol.evaluate(codes, codes, np.full((4, 3), 2), np.zeros((4, 3)), k=1, n=1)
   with pytest.raises(ValueError, match="`query_labels` have 3 classes but `archive_labels` have 2"):
-    metrics.evaluate(codes, codes, np.zeros((4, 3)), np.zeros((4, 2)), k=1, n=1)
+    protocol.evaluate(codes, codes, np.zeros((4, 3)), np.zeros((4, 2)), k=1, n=1)
   with pytest.raises(TypeError, match="`query_labels` must be integer"):
-    metrics.evaluate(codes, codes, np.zeros(4), lab, k=1, n=1)
+    protocol.evaluate(codes, codes, np.zeros(4), lab, k=1, n=1)
   with pytest.raises(ValueError, match="`map_modes`"):
-    metrics.evaluate(codes, codes, lab, lab, k=1, n=1, map_modes=("median",))
+    protocol.evaluate(codes, codes, lab, lab, k=1, n=1, map_modes=("median",))
   with pytest.raises(ValueError, match="`pr_cutoffs`"):
-    metrics.evaluate(codes, codes, lab, lab, k=1, n=1, pr_cutoffs=[3, 2])
+    protocol.evaluate(codes, codes, lab, lab, k=1, n=1, pr_cutoffs=[3, 2])
   with pytest.raises(ValueError, match="`distance`"):
-    metrics.evaluate(codes, codes, lab, lab, k=1, n=1, distance="l2")
+    protocol.evaluate(codes, codes, lab, lab, k=1, n=1, distance="l2")
   with pytest.raises(ValueError, match="`class_names`"):
-    metrics.evaluate(codes, codes, lab + 3, lab + 3, k=1, n=1, class_names=["a"])
+    protocol.evaluate(codes, codes, lab + 3, lab + 3, k=1, n=1, class_names=["a"])

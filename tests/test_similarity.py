@@ -1,4 +1,4 @@
-"""Tests of rsh.similarity against hand-worked examples and slow obvious references."""
+"""rsh.similarity and rsh.spectral against hand-worked examples and slow obvious references."""
 
 import logging
 
@@ -9,6 +9,7 @@ import pytest
 from hypothesis import strategies as st
 
 from rsh import similarity
+from rsh import spectral as rspectral
 
 
 # ---------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def _images(rng, n, h, w, c):
                                                      (5, 9, 7, 11), (16, 16, 64, 64)])
 def test_local_histogram_matches_loop(n_bins, n_patches, h, w):
   x = _images(np.random.default_rng(n_bins), 5, h, w, 3)
-  got = similarity.local_histogram(x, n_bins, n_patches, chunk=2)
+  got = rspectral.local_histogram(x, n_bins, n_patches, chunk=2)
   assert got.shape == (5, 3 * n_patches * n_bins) and got.dtype == np.float32
   np.testing.assert_allclose(got, loop_histogram(x, n_bins, n_patches), rtol=1e-6)
   np.testing.assert_allclose(got.reshape(5, 3 * n_patches, n_bins).sum(-1), 1.0, rtol=1e-6)
@@ -205,24 +206,24 @@ def test_local_histogram_matches_loop(n_bins, n_patches, h, w):
 
 def test_global_histogram_and_raw_colour():
   x = _images(np.random.default_rng(0), 4, 8, 8, 2)
-  np.testing.assert_allclose(similarity.global_histogram(x, 10), loop_histogram(x, 10, 1),
+  np.testing.assert_allclose(rspectral.global_histogram(x, 10), loop_histogram(x, 10, 1),
                              rtol=1e-6)
-  np.testing.assert_array_equal(similarity.raw_colour(x), x.reshape(4, -1))
-  np.testing.assert_array_equal(similarity.spectral_features(x, "raw"), x.reshape(4, -1))
-  assert similarity.spectral_features(x, "none") is None
+  np.testing.assert_array_equal(rspectral.raw_colour(x), x.reshape(4, -1))
+  np.testing.assert_array_equal(rspectral.spectral_features(x, "raw"), x.reshape(4, -1))
+  assert rspectral.spectral_features(x, "none") is None
 
 
 def test_histogram_clips_out_of_range_values():
   x = np.array([-0.5, 0.0, 0.99, 1.0, 1.5, 0.3], np.float32).reshape(1, 1, 6, 1)
-  np.testing.assert_allclose(similarity.global_histogram(x, 2)[0], [3 / 6, 3 / 6])
+  np.testing.assert_allclose(rspectral.global_histogram(x, 2)[0], [3 / 6, 3 / 6])
 
 
 def test_fuse():
   spectral = np.ones((3, 2), np.float32)
   spatial = np.arange(6, dtype=np.float32).reshape(3, 2)
-  np.testing.assert_array_equal(similarity.fuse(spectral, spatial, 6.0),
+  np.testing.assert_array_equal(rspectral.fuse(spectral, spatial, 6.0),
                                 np.concatenate([spectral, 6 * spatial], 1))
-  np.testing.assert_array_equal(similarity.fuse(spectral, None), spectral)
+  np.testing.assert_array_equal(rspectral.fuse(spectral, None), spectral)
 
 
 # ---------------------------------------------------------------------------
@@ -257,7 +258,7 @@ def test_build_ssm(caplog):
   with caplog.at_level(logging.INFO, logger="rsh.similarity"):
     packed, info = similarity.build_ssm(images, n_bins=4, n_patches=4, k1=5, k2=3)
   assert "spectral only" in caplog.text
-  want = similarity.two_stage_knn(similarity.local_histogram(images, 4, 4), 5, 3)
+  want = similarity.two_stage_knn(rspectral.local_histogram(images, 4, 4), 5, 3)
   np.testing.assert_array_equal(packed, want)
   assert info["feature_dim"] == 48 and info["n"] == 30 and info["k1"] == 5
   assert 1 <= info["positives_per_row"] <= 3
@@ -301,12 +302,12 @@ def test_bad_input_names_the_argument():
     similarity.ssm_rows(packed, np.array([0.0, 1.0]))
   images = np.random.default_rng(0).random((2, 4, 4, 1)).astype(np.float32)
   with pytest.raises(ValueError, match="n_patches"):
-    similarity.local_histogram(images, 4, 3)
+    rspectral.local_histogram(images, 4, 3)
   with pytest.raises(ValueError, match="n_bins"):
-    similarity.local_histogram(images, 0, 1)
+    rspectral.local_histogram(images, 0, 1)
   images[0, 0, 0, 0] = np.nan
   with pytest.raises(ValueError, match="x"):
-    similarity.local_histogram(images, 4, 1)
+    rspectral.local_histogram(images, 4, 1)
   with pytest.raises(ValueError, match="spectral"):
     similarity.build_ssm(images, spectral="moments", k1=1, k2=1)
   with pytest.raises(ValueError, match="spatial_features"):
@@ -315,7 +316,7 @@ def test_bad_input_names_the_argument():
     similarity.build_ssm(np.zeros((2, 4, 4, 1), np.float32), spatial_features=np.zeros((3, 2)),
                          k1=1, k2=1)
   with pytest.raises(ValueError, match="spatial"):
-    similarity.fuse(np.zeros((2, 2)), np.zeros((3, 2)))
+    rspectral.fuse(np.zeros((2, 2)), np.zeros((3, 2)))
 
 
 def test_progress_bar_does_not_change_the_result(capsys):

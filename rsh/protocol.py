@@ -1,0 +1,311 @@
+"""`evaluate`: a retrieval protocol, every metric of `rsh.metrics` at once.
+
+The metrics, the keys they are reported under and the MAP conventions
+(`metrics.MAP_MODES`) are defined in `rsh.metrics`; this module ranks the archive
+for every query (`rsh.ranking`) and feeds the formulas.
+
+Hamming rankings never compare-sort: distances are integers in 0..l, so each
+query's ranking is a counting sort (numpy's stable sort of uint8/uint16 is a
+radix sort: per-distance counts, prefix sums, one scatter), linear in the
+archive. From it `evaluate` keeps per query only the relevance of the first
+max(k, n) ranks, the relevant counts between PR cut-offs (one pass of segment
+sums), and the ends of the tie group that k cuts and of the Hamming ball (binary
+searches over the monotone ranked distances); MAP@all alone reads the positions
+of every relevant item. All metrics then come from these small arrays at once.
+Query blocks are ranked in threads (numpy releases the GIL) while XLA computes
+the next block's distances.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+from typing import Sequence
+
+import numpy as np
+
+from rsh import metrics
+from rsh import ranking
+
+__all__ = ["evaluate"]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _labels(x, name: str, n: int) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim == 1:
+    if x.dtype.kind not in "iu":
+      raise TypeError(f"evaluate: `{name}` must be integer class labels int[n] or a multi-hot "
+                      f"matrix [n, classes]; got dtype {x.dtype}")
+  elif x.ndim == 2:
+    if x.dtype.kind not in "biuf" or (x.size and not np.isin(x, (0, 1)).all()):
+      raise ValueError(f"evaluate: multi-hot `{name}` must hold only 0 and 1")
+    x = x.astype(np.uint8)
+  else:
+    raise ValueError(f"evaluate: `{name}` must be 1-D labels or a 2-D multi-hot matrix; "
+                     f"got shape {x.shape}")
+  if len(x) != n:
+    raise ValueError(f"evaluate: `{name}` has {len(x)} rows but there are {n} codes")
+  return x
+
+
+def _check_cutoffs(cutoffs, n_archive: int) -> np.ndarray:
+  c = np.asarray(cutoffs)
+  if c.ndim != 1 or c.dtype.kind not in "iu" or not len(c):
+    raise ValueError(f"evaluate: `pr_cutoffs` must be a non-empty 1-D list of ints; "
+                     f"got {cutoffs!r}")
+  if c[0] < 1 or c[-1] > n_archive or (np.diff(c) <= 0).any():
+    raise ValueError(f"evaluate: `pr_cutoffs` must increase strictly within 1..{n_archive}")
+  return c.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- relevance
+
+
+class _Relevance:
+  """Gains of archive items for blocks of queries, without the [nq, na] matrix."""
+
+  def __init__(self, ql: np.ndarray, al: np.ndarray):
+    self.multi = ql.ndim == 2
+    if self.multi:
+      if ql.shape[1] != al.shape[1]:
+        raise ValueError(f"evaluate: multi-hot `query_labels` have {ql.shape[1]} classes but "
+                         f"`archive_labels` have {al.shape[1]}")
+      self.ql, self.al = ql.astype(np.float32), al.astype(np.float32).T.copy()
+    else:
+      # Archive labels as small ids so a gather by rank order touches few bytes.
+      classes, ids = np.unique(al, return_inverse=True)
+      self.small = ids.astype(np.uint8 if len(classes) < 255 else np.int32)
+      pos = np.searchsorted(classes, ql)
+      found = (pos < len(classes)) & (classes[np.minimum(pos, len(classes) - 1)] == ql)
+      self.qid = np.where(found, pos, -1)  # -1 matches nothing
+
+  def gains(self, rows: slice) -> np.ndarray:
+    """uint8[b, na] gains in archive order (multi-label only)."""
+    return np.rint(self.ql[rows] @ self.al).astype(np.uint8)
+
+  def ranked(self, rows: slice, order: np.ndarray):
+    """(relevant: bool[b, na], gains or None) in rank order."""
+    if self.multi:
+      g = np.take_along_axis(self.gains(rows), order, 1)
+      return g > 0, g
+    return self.small[order] == self.qid[rows, None], None
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+class _Protocol:
+  """Ranks one block of queries and keeps the little each metric needs.
+
+  Per query: the relevance (and scores) of the first ranks, the relevant items
+  within each PR cut-off, the ends of the tie group that k cuts and of the
+  Hamming ball. The metrics are computed from these for all queries at once.
+  Blocks run in threads: numpy's sorts and gathers release the GIL.
+  """
+
+  def __init__(self, rel, distance, k, n, cutoffs, modes, radius):
+    self.rel, self.distance = rel, distance
+    self.k, self.n, self.cutoffs, self.modes, self.radius = k, n, cutoffs, modes, radius
+
+  def __call__(self, rows: slice, scores: np.ndarray) -> dict:
+    k, top = self.k, max(self.k, self.n)
+    order = ranking.order(scores, self.distance)
+    ranked_rel, ranked_gain = self.rel.ranked(rows, order)
+    out = dict(count=np.bitwise_count(np.packbits(ranked_rel, axis=1)).sum(1, dtype=np.int64),
+               rel_top=ranked_rel[:, :top].copy(),
+               scores_top=np.take_along_axis(scores, order[:, :k], 1))
+    if self.cutoffs is not None:
+      out["found_cut"] = metrics.found_at(ranked_rel, self.cutoffs)
+    if "all" in self.modes:
+      out["sum_all"] = metrics.sum_precision_all(ranked_rel)
+    # The tie group that k cuts ends where the ranked scores pass its value.
+    end = _ranks_within(scores, order, out["scores_top"][:, -1], self.distance)
+    out["tie_end"], out["tie_found_end"] = end, _prefix_count(ranked_rel, end)
+    if self.distance == "hamming":
+      within = _ranks_within(scores, order, np.full(len(scores), self.radius), self.distance)
+      out["radius_n"], out["radius_found"] = within, _prefix_count(ranked_rel, within)
+    if ranked_gain is not None:
+      out["gain_top"] = ranked_gain[:, :k].astype(np.int64)
+      out["ideal_top"] = -np.sort(-self.rel.gains(rows).astype(np.int64), axis=1)[:, :k]
+    return out
+
+
+def _prefix_count(rel: np.ndarray, c: np.ndarray) -> np.ndarray:
+  """int64[b]: True values among the first c[i] of row i."""
+  return np.array([np.count_nonzero(r[:ci]) for r, ci in zip(rel, c)], np.int64)
+
+
+def _ranks_within(scores: np.ndarray, order: np.ndarray, value: np.ndarray, distance: str):
+  """int64[b]: how many ranks score at least as well as `value[i]` in row i.
+
+  Scores are monotone along the ranking, so a binary search over ranks reads
+  only log2(na) scores per row.
+  """
+  b, m = order.shape
+  rows = np.arange(b)
+  lo, hi = np.zeros(b, np.int64), np.full(b, m, np.int64)
+  while (lo < hi).any():
+    mid = (lo + hi) // 2
+    s = scores[rows, order[rows, np.minimum(mid, m - 1)]]
+    inside = (s <= value) if distance == "hamming" else (s >= value)
+    go = lo < hi
+    lo = np.where(go & inside, mid + 1, lo)
+    hi = np.where(go & ~inside, mid, hi)
+  return lo
+
+
+def _tie_groups(scores_top: np.ndarray, rel_top: np.ndarray, end, found_end):
+  """Tie groups reaching into the top k, for `metrics.tie_aware_average_precision`.
+
+  Groups are runs of equal scores among the first k ranks; the last one (the
+  one k cuts) extends to rank `end` and holds `found_end` relevant items up to
+  there, minus those ranked before it.
+  """
+  b, k = scores_top.shape
+  group = np.zeros((b, k), np.int64)
+  np.cumsum(scores_top[:, 1:] != scores_top[:, :-1], axis=1, out=group[:, 1:])
+  last = group[:, -1]
+  rows = np.arange(b)
+  inside = group < last[:, None]
+  before = inside.sum(1)
+  flat = rows[:, None] * k + group
+  sizes = np.bincount(flat[inside], minlength=b * k).reshape(b, k)
+  rel_sizes = np.bincount(flat[inside & rel_top[:, :k]], minlength=b * k).reshape(b, k)
+  sizes[rows, last] = end - before
+  rel_sizes[rows, last] = found_end - (inside & rel_top[:, :k]).sum(1)
+  return sizes, rel_sizes
+
+
+def _threads() -> int:
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def evaluate(query_codes, archive_codes, query_labels, archive_labels, k: int = 100,
+             n: int = 20, *, distance: str = "hamming", class_names: Sequence[str] | None = None,
+             pr_step: int | None = 500, pr_cutoffs=None,
+             map_modes: Sequence[str] = ("thesis", "min_k_rel", "all", "hit_only"),
+             radius: int = 2, threads: int | None = None) -> dict:
+  """Scores a retrieval protocol: every metric of `rsh.metrics`' docstring.
+
+  Args:
+    query_codes: uint8[nq, l // 8] packed codes; or bits [nq, l] (bool, {0, 1}, ±1),
+      packed here; or float[nq, f] features with `distance="cosine"`.
+    archive_codes: the same for the archive, [na, ...].
+    query_labels: int[nq] class labels or {0,1}[nq, c] multi-hot.
+    archive_labels: int[na] or {0,1}[na, c], the same kind as `query_labels`.
+    k: MAP / NDCG / ACG cut-off (<= na). n: precision / recall cut-off (<= na).
+    distance: "hamming" or "cosine".
+    class_names: names for the class-wise keys (indexed by label).
+    pr_step: PR curve every `pr_step` retrieved items, plus the end; None: no curve.
+    pr_cutoffs: explicit PR cut-offs (increasing ints in 1..na); overrides `pr_step`.
+    map_modes: which MAP conventions to report (see `metrics.MAP_MODES`).
+    radius: Hamming radius of `precision@r{radius}` (Hamming only).
+    threads: numpy worker threads ranking query blocks (default: all usable cores).
+
+  Returns:
+    dict of python floats, and lists of floats for "pr_curve/*".
+  """
+  q, a = ranking.check_inputs(query_codes, archive_codes, distance, "evaluate")
+  nq, na = len(q), len(a)
+  for name, v in (("k", k), ("n", n), ("radius", radius)):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (name == "radius"):
+      raise ValueError(f"evaluate: `{name}` must be an int >= {int(name != 'radius')}; got {v!r}")
+    if name != "radius" and v > na:
+      raise ValueError(f"evaluate: `{name}`={v} is larger than the archive ({na} items)")
+  modes = tuple(map_modes)
+  for m in modes:
+    if m not in metrics.MAP_MODES:
+      raise ValueError(f"evaluate: unknown `map_modes` entry {m!r}; "
+                       f"choose from {sorted(metrics.MAP_MODES)}")
+  ql = _labels(query_labels, "query_labels", nq)
+  al = _labels(archive_labels, "archive_labels", na)
+  if ql.ndim != al.ndim:
+    raise ValueError(f"evaluate: `query_labels` {ql.shape} and `archive_labels` {al.shape} are "
+                     "not the same kind (integer labels vs multi-hot)")
+  if pr_cutoffs is not None:
+    cutoffs = _check_cutoffs(pr_cutoffs, na)
+  elif pr_step:
+    cutoffs = np.arange(pr_step, na + 1, pr_step, dtype=np.int64)
+    if not len(cutoffs) or cutoffs[-1] != na:
+      cutoffs = np.append(cutoffs, na)
+  else:
+    cutoffs = None
+  protocol = _Protocol(_Relevance(ql, al), distance, int(k), int(n), cutoffs, modes,
+                       int(radius))
+
+  parts = []
+  workers = threads or _threads()
+  if workers == 1:
+    parts = [protocol(rows, s) for rows, s in ranking.score_blocks(q, a, distance)]
+  else:
+    # Blocks rank in parallel, a bounded number in flight; XLA computes the next
+    # distances on its own threads meanwhile.
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      pending = collections.deque()
+      for rows, s in ranking.score_blocks(q, a, distance):
+        pending.append(pool.submit(protocol, rows, s))
+        if len(pending) >= 2 * workers:
+          parts.append(pending.popleft().result())
+      parts += [f.result() for f in pending]
+  r = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+  sum_k, found_k = metrics.sum_precision_top(r["rel_top"], k)
+  found_n, n_rel = r["rel_top"][:, :n].sum(1), r["count"]
+  ap_k = metrics.safe_div(sum_k, found_k)
+  out = {}
+  if "thesis" in modes:
+    out[f"map@{k}"] = ap_k.mean()
+  if "min_k_rel" in modes:
+    out[f"map@{k}/min_k_rel"] = metrics.safe_div(sum_k, np.minimum(k, n_rel)).mean()
+  if "all" in modes:
+    out["map@all"] = metrics.safe_div(r["sum_all"], n_rel).mean()
+  if "hit_only" in modes:
+    out[f"map@{k}/hit_only"] = ap_k[found_k > 0].mean() if (found_k > 0).any() else 0.0
+  sizes, rel_sizes = _tie_groups(r["scores_top"], r["rel_top"], r["tie_end"], r["tie_found_end"])
+  ap_tie = metrics.tie_aware_average_precision(sizes, rel_sizes, k, "thesis")
+  out[f"map@{k}/tie_aware"] = ap_tie.mean()
+  out[f"precision@{n}"] = (found_n / n).mean()
+  out[f"recall@{n}"] = metrics.safe_div(found_n, n_rel).mean()
+  if distance == "hamming":
+    out[f"precision@r{radius}"] = metrics.safe_div(r["radius_found"], r["radius_n"]).mean()
+  if "gain_top" in r:  # multi-hot: gain = shared labels
+    gain, ideal = r["gain_top"], r["ideal_top"]
+  else:
+    gain = r["rel_top"][:, :k].astype(np.int64)
+    ideal = (np.arange(k)[None, :] < n_rel[:, None]).astype(np.int64)
+  out[f"ndcg@{k}"] = metrics.safe_div(metrics.dcg(gain), metrics.dcg(ideal)).mean()
+  out[f"acg@{k}"] = metrics.acg_at(gain, k).mean()
+  out.update(_classwise(ap_k, ql, f"classwise_map@{k}", class_names))
+  out.update(_classwise(ap_tie, ql, f"classwise_map@{k}/tie_aware", class_names))
+  if cutoffs is not None:
+    out["pr_curve/cutoffs"] = [int(c) for c in cutoffs]
+    out["pr_curve/precision"] = [float(v) for v in (r["found_cut"] / cutoffs).mean(0)]
+    out["pr_curve/recall"] = [float(v) for v in
+                              metrics.safe_div(r["found_cut"], n_rel[:, None]).mean(0)]
+  return {key: (float(v) if np.ndim(v) == 0 else v) for key, v in out.items()}
+
+
+def _classwise(ap: np.ndarray, ql: np.ndarray, prefix: str, class_names) -> dict:
+  out = {}
+  if ql.ndim == 1:
+    classes = np.unique(ql)
+    members = [(c, ql == c) for c in classes]
+  else:
+    members = [(c, ql[:, c] > 0) for c in range(ql.shape[1]) if ql[:, c].any()]
+  for c, m in members:
+    if class_names is not None:
+      if not 0 <= c < len(class_names):
+        raise ValueError(f"evaluate: label {c} has no entry in `class_names` "
+                         f"({len(class_names)} names)")
+      name = class_names[c]
+    else:
+      name = str(c)
+    out[f"{prefix}/{name}"] = ap[m].mean()
+  return out
