@@ -27,7 +27,6 @@ Precompute from the command line:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import hashlib
 import json
@@ -36,63 +35,24 @@ import pathlib
 import sys
 import tempfile
 import time
-from types import ModuleType
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from rsh.models import efficientnet
-from rsh.models import inception
-from rsh.models import resnet
-from rsh.models import torch_weights
+from rsh import weights as rweights
+from rsh.weights import convert
 
 DEFAULT_GAIN = 2.0
 DEFAULT_BATCH_SIZE = 64
 # Bumped whenever preprocessing changes, so old caches are not served.
 _VERSION = 1
 
-
-@dataclasses.dataclass(frozen=True)
-class Backbone:
-  """A pretrained feature extractor: its Flax module, input convention and weights."""
-  name: str
-  module: ModuleType             # rsh.models.<x>: INPUT_SIZE, MEAN, STD, FEATURE_DIM
-  make_model: Callable[[], Any]  # () -> flax.linen.Module with a `features` method
-  default_weights: Callable[[], pathlib.Path | None]
-
-  @property
-  def input_size(self) -> int:
-    return self.module.INPUT_SIZE
-
-  @property
-  def feature_dim(self) -> int:
-    return self.module.FEATURE_DIM
-
-  def weights_path(self, weights: str | os.PathLike | None) -> pathlib.Path | None:
-    return pathlib.Path(weights) if weights else self.default_weights()
-
-  def load(self, weights: str | os.PathLike | None = None,
-           cache_dir: str | os.PathLike | None = None):
-    """Flax variables; raises FileNotFoundError naming what to supply."""
-    return self.module.load_pretrained(weights, cache_dir=cache_dir)
-
-
-BACKBONES = {
-    "efficientnet_lite0": Backbone("efficientnet_lite0", efficientnet,
-                                   efficientnet.EfficientNetLite0,
-                                   efficientnet.package_weights_path),
-    "inception_v3": Backbone("inception_v3", inception, inception.InceptionV3, lambda: None),
-    "resnet50": Backbone("resnet50", resnet, resnet.ResNet50, lambda: None),
-}
-
-
-def get_backbone(name: str) -> Backbone:
-  if name not in BACKBONES:
-    raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
-  return BACKBONES[name]
+# The backbone table is rsh.weights's: one entry per backbone (model, input size,
+# normalisation, feature size, weight files).
+BACKBONES = rweights.BACKBONES
+get_backbone = rweights.get
 
 
 def fingerprint(rgb: np.ndarray) -> str:
@@ -112,12 +72,12 @@ def cache_path(backbone: str, data_key: str, *, weights: str | os.PathLike | Non
   """
   spec = get_backbone(backbone)
   path = spec.weights_path(weights)
-  weights_key = torch_weights.file_fingerprint(path) if path and path.is_file() else str(path)
+  weights_key = convert.file_fingerprint(path) if path and path.is_file() else str(path)
   key = json.dumps(dict(backbone=spec.name, weights=weights_key, data=str(data_key),
                         gain=float(gain), size=spec.input_size, version=_VERSION),
                    sort_keys=True)
   digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-  root = pathlib.Path(cache_dir) if cache_dir is not None else torch_weights.default_cache_dir()
+  root = pathlib.Path(cache_dir) if cache_dir is not None else convert.default_cache_dir()
   return root / "features" / f"{spec.name}-{digest}.npy"
 
 
@@ -126,8 +86,8 @@ def _forward_fn(name: str, gain: float):
   """The jitted (variables, rgb f32[b, h, w, 3] in [0, 1]) -> f32[b, d] of a backbone."""
   spec = BACKBONES[name]
   model = spec.make_model()
-  mean = jnp.asarray(spec.module.MEAN, jnp.float32)
-  std = jnp.asarray(spec.module.STD, jnp.float32)
+  mean = jnp.asarray(spec.mean, jnp.float32)
+  std = jnp.asarray(spec.std, jnp.float32)
   size = spec.input_size
 
   @jax.jit
@@ -210,7 +170,7 @@ def extract(backbone: str, rgb: np.ndarray, *, batch_size: int = DEFAULT_BATCH_S
           return feats
       except (OSError, ValueError):
         pass  # unreadable: recompute and overwrite
-  variables = spec.load(weights, cache_dir=cache_dir)
+  variables = rweights.load_pretrained(spec.name, weights, cache_dir=cache_dir)
   feats = _compute(spec.name, variables, rgb, batch_size=batch_size, gain=gain,
                    progress=progress)
   if path is not None:

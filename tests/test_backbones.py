@@ -20,10 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rsh import weights as rweights
 from rsh.models import efficientnet
 from rsh.models import inception
 from rsh.models import resnet
-from rsh.models import torch_weights
+from rsh.weights import convert
+from rsh.weights import torch_pickle
 
 # ----------------------------------------------------------------------------
 # Writing PyTorch files without PyTorch. The pickle must name `torch._utils.
@@ -102,7 +104,7 @@ def write_torch_file(path, tensors, *, legacy=False):
 
   if legacy:
     with open(path, "wb") as f:
-      for header in (torch_weights._LEGACY_MAGIC, 1001,
+      for header in (torch_pickle.LEGACY_MAGIC, 1001,
                      {"protocol_version": 1001, "little_endian": True,
                       "type_sizes": {"short": 2, "int": 4, "long": 4}}):
         pickle.dump(header, f, protocol=2)
@@ -152,7 +154,7 @@ def test_reader_on_handwritten_files(tmp_path, legacy):
   tensors = _example_tensors()
   path = tmp_path / "t.pth"
   write_torch_file(path, tensors, legacy=legacy)
-  sd = torch_weights.load_torch_state_dict(path)
+  sd = torch_pickle.load_torch_state_dict(path)
   assert list(sd) == list(tensors)
   for name, t in tensors.items():
     want = _expected(t)
@@ -162,7 +164,7 @@ def test_reader_on_handwritten_files(tmp_path, legacy):
 
 
 def test_reader_on_packaged_efficientnet_file():
-  sd = torch_weights.load_torch_state_dict(efficientnet.package_weights_path())
+  sd = torch_pickle.load_torch_state_dict(rweights.efficientnet_lite0_file())
   assert len(sd) == 296  # 49 BatchNorms x 6 entries + classifier weight and bias
   assert sd["_conv_stem.weight"].shape == (32, 3, 3, 3)
   assert sd["_blocks.0._depthwise_conv.weight"].shape == (32, 1, 3, 3)
@@ -179,15 +181,15 @@ def test_reader_refuses_arbitrary_globals(tmp_path):
   with zipfile.ZipFile(path, "w") as zf:
     zf.writestr("archive/data.pkl", b"cos\nsystem\n(S'true'\ntR.")
   with pytest.raises(pickle.UnpicklingError, match="os.system"):
-    torch_weights.load_torch_state_dict(path)
+    torch_pickle.load_torch_state_dict(path)
 
 
 def test_variables_npz_round_trip(tmp_path):
   variables = {"params": {"a": {"kernel": np.ones((2, 3), np.float32)}},
                "batch_stats": {"a": {"mean": np.zeros(3, np.float32)}}}
   path = tmp_path / "w" / "v.npz"
-  torch_weights.save_variables(path, variables)
-  back = torch_weights.load_variables(path)
+  convert.save_variables(path, variables)
+  back = convert.load_variables(path)
   np.testing.assert_array_equal(back["params"]["a"]["kernel"], variables["params"]["a"]["kernel"])
   np.testing.assert_array_equal(back["batch_stats"]["a"]["mean"], np.zeros(3))
   assert [p.name for p in path.parent.iterdir()] == ["v.npz"]  # no temporary left
@@ -198,7 +200,7 @@ def test_variables_npz_round_trip(tmp_path):
 
 
 def test_efficientnet_pretrained_and_cache(tmp_path, monkeypatch):
-  variables = efficientnet.load_pretrained(cache_dir=tmp_path)
+  variables = rweights.load_pretrained("efficientnet_lite0", cache_dir=tmp_path)
   cached = list((tmp_path / "weights").glob("efficientnet_lite0-*.npz"))
   assert len(cached) == 1
   model = efficientnet.EfficientNetLite0()
@@ -208,9 +210,9 @@ def test_efficientnet_pretrained_and_cache(tmp_path, monkeypatch):
   assert logits.shape == (2, 1000) and feats.shape == (2, 1280)
   assert np.isfinite(logits).all() and (np.asarray(feats) >= 0).all()  # after ReLU6
   # The second load reads the .npz: the .pth is not parsed again.
-  monkeypatch.setattr(torch_weights, "load_torch_state_dict",
+  monkeypatch.setattr(torch_pickle, "load_torch_state_dict",
                       lambda *_: pytest.fail("converted weights were not cached"))
-  again = efficientnet.load_pretrained(cache_dir=tmp_path)
+  again = rweights.load_pretrained("efficientnet_lite0", cache_dir=tmp_path)
   np.testing.assert_array_equal(
       jax.tree_util.tree_leaves(again)[0], jax.tree_util.tree_leaves(variables)[0])
   assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(variables)
@@ -231,8 +233,9 @@ def test_depthwise_shift_equals_grouped_conv(size, kernel, stride):
 
 
 def test_efficientnet_torch_mapping_is_invertible():
-  sd = torch_weights.load_torch_state_dict(efficientnet.package_weights_path())
-  back = efficientnet.to_torch_state_dict(efficientnet.from_torch_state_dict(sd))
+  sd = torch_pickle.load_torch_state_dict(rweights.efficientnet_lite0_file())
+  back = rweights.to_torch_state_dict("efficientnet_lite0",
+                                    rweights.from_torch_state_dict("efficientnet_lite0", sd))
   assert set(back) == set(sd)
   for k in sd:
     np.testing.assert_array_equal(back[k], sd[k])
@@ -268,7 +271,7 @@ def test_torchvision_round_trip(tmp_path, arch, size, legacy):
   model = arch.ResNet50() if arch is resnet else arch.InceptionV3()
   x = jax.random.uniform(jax.random.PRNGKey(0), (1, size, size, 3))
   variables = _random_variables(model, x, seed=1)
-  sd = arch.to_torch_state_dict(variables)
+  sd = rweights.to_torch_state_dict(arch.NAME, variables)
   # torchvision's names and layouts, e.g. OIHW convolution weights.
   if arch is resnet:
     assert sd["layer1.0.downsample.0.weight"].shape == (256, 64, 1, 1)
@@ -283,7 +286,7 @@ def test_torchvision_round_trip(tmp_path, arch, size, legacy):
   assert sd["fc.weight"].shape == (1000, 2048)
   path = tmp_path / f"{arch.NAME}.pth"
   write_torch_file(path, sd, legacy=legacy)
-  loaded = arch.load_pretrained(path, cache_dir=tmp_path / "cache")
+  loaded = rweights.load_pretrained(arch.NAME, path, cache_dir=tmp_path / "cache")
   forward = jax.jit(lambda v, x: (model.apply(v, x), model.apply(v, x, method=model.features)))
   (logits, feats), (logits2, feats2) = forward(variables, x), forward(loaded, x)
   assert logits.shape == (1, 1000) and feats.shape == (1, arch.FEATURE_DIM) == (1, 2048)
@@ -293,17 +296,17 @@ def test_torchvision_round_trip(tmp_path, arch, size, legacy):
 
 def test_missing_or_wrong_weights_say_what_to_supply(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"--config.ssm.weights=.*inception_v3_google"):
-    inception.load_pretrained(None)
+    rweights.load_pretrained("inception_v3", None)
   with pytest.raises(FileNotFoundError, match=r"not found at .*nope.pth.*resnet50-"):
-    resnet.load_pretrained(tmp_path / "nope.pth")
+    rweights.load_pretrained("resnet50", tmp_path / "nope.pth")
   with pytest.raises(ValueError, match=r"Keras.*only torchvision state dicts"):
-    resnet.load_pretrained(tmp_path / "resnet50_weights.h5")
+    rweights.load_pretrained("resnet50", tmp_path / "resnet50_weights.h5")
   with pytest.raises(FileNotFoundError, match="efficientnet-lite0"):
-    efficientnet.load_pretrained(tmp_path / "missing.pth")
+    rweights.load_pretrained("efficientnet_lite0", tmp_path / "missing.pth")
   # Another architecture's state dict fails loudly, naming keys.
   with pytest.raises(ValueError,
                      match=r"does not match torchvision ResNet-50:\n  missing: .*conv1.weight"):
-    resnet.load_pretrained(efficientnet.package_weights_path(), cache_dir=tmp_path)
+    rweights.load_pretrained("resnet50", rweights.efficientnet_lite0_file(), cache_dir=tmp_path)
 
 
 # ----------------------------------------------------------------------------
@@ -370,7 +373,7 @@ def _torch_lite0():
       return self._fc(x.mean((2, 3)))
 
   model = Lite0().eval()
-  model.load_state_dict(torch.load(efficientnet.package_weights_path(), weights_only=True))
+  model.load_state_dict(torch.load(rweights.efficientnet_lite0_file(), weights_only=True))
   return model
 
 
@@ -394,7 +397,7 @@ def test_efficientnet_matches_pytorch(tmp_path):
   with torch.no_grad():
     want = _torch_lite0()(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   model = efficientnet.EfficientNetLite0()
-  variables = efficientnet.load_pretrained(cache_dir=tmp_path)
+  variables = rweights.load_pretrained("efficientnet_lite0", cache_dir=tmp_path)
   got = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x)))
   print(f"max |logits flax - torch| = {np.abs(got - want).max():.2e}")
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
@@ -412,7 +415,7 @@ def test_reader_agrees_with_torch(tmp_path, legacy):
            "v": torch.arange(10, dtype=torch.int32)[2:7],
            "bf": torch.randn(3).bfloat16(), "n": torch.tensor(3)}
   torch.save(state, tmp_path / "a.pth", _use_new_zipfile_serialization=not legacy)
-  sd = torch_weights.load_torch_state_dict(tmp_path / "a.pth")
+  sd = torch_pickle.load_torch_state_dict(tmp_path / "a.pth")
   for k, v in state.items():
     np.testing.assert_array_equal(sd[k].astype(np.float64), v.detach().double().numpy())
   # And torch reads what this test's writer produces.

@@ -14,7 +14,7 @@ import tifffile
 from hypothesis import given, settings, strategies as st
 
 from rsh import data as rdata
-from rsh.data import sources
+from rsh.data import cache as rcache
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -265,7 +265,7 @@ def test_cache_write_failure_leaves_nothing(folder, tmp_path, monkeypatch):
       raise OSError("disk full")
     return np.lib.format.write_array(open(path, "wb"), *a)
   with monkeypatch.context() as m:
-    m.setattr(sources.np, "save", dying_save)
+    m.setattr(rcache.np, "save", dying_save)
     ds = rdata.load("folder", dir=root, cache_dir=cache)
   assert len(ds) == 4 and calls
   assert list((cache / "data").iterdir()) == []  # no entry, no temp folder

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rsh import features
+from rsh import weights as rweights
 from rsh.models import efficientnet
 
 
@@ -26,7 +27,7 @@ def test_extract_preprocesses_batches_and_caches(rgb, tmp_path, monkeypatch):
 
   # What extract promises: gain and clip, bilinear resize to 224, (x - mean) / std,
   # then the pooled 1280-d head. The padded last batch does not leak into row 2.
-  variables = efficientnet.load_pretrained(cache_dir=tmp_path)
+  variables = rweights.load_pretrained("efficientnet_lite0", cache_dir=tmp_path)
   model = efficientnet.EfficientNetLite0()
   x = np.clip(rgb * features.DEFAULT_GAIN, 0, 1)
   x = jax.image.resize(x, (3, 224, 224, 3), "bilinear")
@@ -36,7 +37,7 @@ def test_extract_preprocesses_batches_and_caches(rgb, tmp_path, monkeypatch):
 
   # The second call is served from disk: no forward pass, no weights.
   monkeypatch.setattr(features, "_compute", lambda *a, **k: pytest.fail("recomputed"))
-  monkeypatch.setattr(efficientnet, "load_pretrained", lambda *a, **k: pytest.fail("reloaded"))
+  monkeypatch.setattr(rweights, "load_pretrained", lambda *a, **k: pytest.fail("reloaded"))
   again = features.extract("efficientnet_lite0", rgb, batch_size=2, cache_dir=tmp_path,
                            progress=False)
   np.testing.assert_array_equal(again, feats)

@@ -18,14 +18,20 @@ from rsh.data.bands import resolve_bands
 from rsh.data.bands import RGB
 from rsh.data.bands import select_bands
 from rsh.data.bands import to_signed
-from rsh.data.sources import cache_root
-from rsh.data.sources import Dataset
-from rsh.data.sources import EUROSAT_CLASSES
-from rsh.data.sources import load
-from rsh.data.sources import SOURCES
-from rsh.data.sources import subsample
-from rsh.data.sources import TFDS_EUROSAT_ALL_BANDS
-from rsh.data.sources import TFDS_EUROSAT_RGB_BANDS
+from rsh.data.cache import cache_root
+from rsh.data.dataset import Dataset
+from rsh.data.dataset import load
+from rsh.data.dataset import register
+from rsh.data.dataset import Source
+from rsh.data.dataset import SOURCES
+from rsh.data.dataset import subsample
+# The sources register themselves on import, in this order (folder, tfds, demo).
+from rsh.data import eurosat_folder  # noqa: F401  "folder"
+from rsh.data import tfds_eurosat  # noqa: F401  "tfds"
+from rsh.data import demo  # noqa: F401  "demo"
+from rsh.data.demo import CLASS_NAMES as EUROSAT_CLASSES
+from rsh.data.tfds_eurosat import TFDS_EUROSAT_ALL_BANDS
+from rsh.data.tfds_eurosat import TFDS_EUROSAT_RGB_BANDS
 from rsh.data.split import batch_at
 from rsh.data.split import batches
 from rsh.data.split import PAPER_N_QUERY

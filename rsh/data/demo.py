@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from rsh.data import bands
+from rsh.data import dataset
 
 CLASS_NAMES = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
                "Pasture", "PermanentCrop", "Residential", "River", "SeaLake")
@@ -287,3 +288,15 @@ def make_images(n_per_class: int = DEFAULT_N_PER_CLASS, seed: int = 0):
     images[c * n:(c + 1) * n] = img
   labels = np.repeat(np.arange(len(CLASS_NAMES), dtype=np.int32), n)
   return images, labels
+
+
+@dataset.register("demo")
+def _load(*, source, sub, dir, cache_dir, seed, n_per_class, progress):
+  """The "demo" source of `rsh.data.load`: no files, no cache; `n_per_class` images per class."""
+  del cache_dir, progress  # made in memory, fast
+  if dir is not None or sub:
+    raise bands.DataError(f"source=demo takes no dir and no sub-name (got dir={dir!r}, "
+                          f"{source!r})")
+  n = DEFAULT_N_PER_CLASS if n_per_class is None else int(n_per_class)
+  images, labels = make_images(n, seed)
+  return dataset.Dataset(images, labels, CLASS_NAMES, bands.EUROSAT_BANDS, "demo")

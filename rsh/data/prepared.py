@@ -9,7 +9,7 @@ import logging
 import numpy as np
 
 from rsh.data import bands as rbands
-from rsh.data import sources
+from rsh.data import dataset as rdataset
 from rsh.data import split as rsplit
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class Prepared:
   The split's sets are named (`"query"`, `"archive"`, `"train"`), so an
   evaluator's query set and archive are configuration.
   """
-  dataset: sources.Dataset        # all bands, as loaded
+  dataset: rdataset.Dataset       # all bands, as loaded
   images: np.ndarray              # uint16[n, 64, 64, c], the config's bands
   labels: np.ndarray              # int32[n]
   band_names: tuple[str, ...]
@@ -82,8 +82,8 @@ class _Lazy:
 def prepare(config) -> Prepared:
   """Loads `config.data`, selects its bands and makes the seeded paper split."""
   d = config.data
-  ds = sources.load(d.source, dir=d.get("dir"), cache_dir=d.get("cache_dir"),
-                    seed=config.seed, n_per_class=d.get("n_per_class"))
+  ds = rdataset.load(d.source, dir=d.get("dir"), cache_dir=d.get("cache_dir"),
+                     seed=config.seed, n_per_class=d.get("n_per_class"))
   bands = rbands.resolve_bands(d.bands)
   sel = rbands.band_indices(ds.band_names, bands)
   split = rsplit.paper_split(ds.labels, d.n_query, d.get("n_train"), config.seed)

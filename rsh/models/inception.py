@@ -1,6 +1,6 @@
 """Inception-v3 (Szegedy et al., 2016) in Flax, laid out like torchvision's `inception_v3`.
 
-The papers' ImageNet weights cannot be downloaded here, so this module loads a
+The papers' ImageNet weights cannot be downloaded here, so `rsh.weights` loads a
 user-supplied torchvision state dict (`inception_v3_google-0cc3c7bd.pth`). Flax
 module names are torchvision's (`Mixed_5b/branch1x1/conv`, ...), so the mapping
 is a plain join with '.'. Details that matter for matching torchvision: every
@@ -17,15 +17,8 @@ The auxiliary classifier (`AuxLogits`, used only in training) is built when
 
 from __future__ import annotations
 
-import functools
-import os
-from typing import Any
-
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-
-from rsh.models import torch_weights
 
 NAME = "inception_v3"
 INPUT_SIZE = 299
@@ -34,8 +27,6 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.9  # PyTorch's momentum=0.1 counts the other way round
-WEIGHTS_HINT = ("pass --config.ssm.weights=/path/to/inception_v3_google-0cc3c7bd.pth "
-                "(torchvision state dict; --weights=... for python -m rsh.features)")
 
 
 def _pair(v):
@@ -215,38 +206,3 @@ class InceptionV3(nn.Module):
 def torch_prefix(path: tuple[str, ...]) -> str:
   """('Mixed_5b', 'branch1x1', 'conv') -> 'Mixed_5b.branch1x1.conv'."""
   return ".".join(path)
-
-
-@functools.lru_cache(maxsize=None)
-def _variable_shapes(num_classes: int = 1000, aux_logits: bool = False):
-  model = InceptionV3(num_classes=num_classes, aux_logits=aux_logits)
-  x = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
-  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
-
-
-def from_torch_state_dict(state_dict, aux_logits: bool = False) -> dict[str, Any]:
-  """A torchvision `inception_v3` state dict -> Flax {"params", "batch_stats"}.
-
-  Without `aux_logits` the `AuxLogits.*` entries are skipped, not required.
-  """
-  n = state_dict["fc.weight"].shape[0] if "fc.weight" in state_dict else 1000
-  return torch_weights.from_torch(
-      state_dict, _variable_shapes(n, aux_logits), torch_prefix,
-      ignore_prefixes=() if aux_logits else ("AuxLogits.",), what="torchvision Inception-v3")
-
-
-def to_torch_state_dict(variables) -> dict[str, Any]:
-  """Flax variables -> a torchvision-style `inception_v3` state dict."""
-  return torch_weights.to_torch(variables, torch_prefix)
-
-
-def load_pretrained(weights: str | os.PathLike | None,
-                    cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-  """Variables for `InceptionV3()` from a user-supplied torchvision `.pth`, cached as `.npz`.
-
-  Raises:
-    FileNotFoundError: no file given, or it does not exist (the message says what to pass).
-    ValueError: a Keras `.h5` file (not supported), or a state dict of another model.
-  """
-  return torch_weights.load_user_weights(weights, cache_dir, name=NAME, title="Inception-v3",
-                                         hint=WEIGHTS_HINT, convert=from_torch_state_dict)

@@ -1,6 +1,6 @@
 """ResNet-50 (He et al., 2016) in Flax, laid out like torchvision's `resnet50`.
 
-The papers' ImageNet weights cannot be downloaded here, so this module loads a
+The papers' ImageNet weights cannot be downloaded here, so `rsh.weights` loads a
 user-supplied torchvision state dict (`resnet50-0676ba61.pth` or
 `resnet50-11ad3fa6.pth`, both the same architecture). Details that matter for
 matching torchvision exactly: the stride sits on the 3x3 convolution of each
@@ -11,14 +11,10 @@ epsilon is 1e-5, and inputs use the ImageNet mean / std.
 from __future__ import annotations
 
 import functools
-import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-
-from rsh.models import torch_weights
 
 NAME = "resnet50"
 INPUT_SIZE = 224
@@ -28,8 +24,6 @@ STD = (0.229, 0.224, 0.225)
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # PyTorch's momentum=0.1 counts the other way round
 STAGE_SIZES = (3, 4, 6, 3)
-WEIGHTS_HINT = ("pass --config.ssm.weights=/path/to/resnet50-0676ba61.pth "
-                "(torchvision state dict; --weights=... for python -m rsh.features)")
 
 
 def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -94,35 +88,3 @@ def torch_prefix(path: tuple[str, ...]) -> str:
   """('layer2_0', 'downsample_bn') -> 'layer2.0.downsample.1'."""
   names = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
   return ".".join(names.get(p, p.replace("_", ".")) for p in path)
-
-
-@functools.lru_cache(maxsize=None)
-def _variable_shapes(num_classes: int = 1000):
-  model = ResNet50(num_classes=num_classes)
-  x = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
-  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
-
-
-def from_torch_state_dict(state_dict) -> dict[str, Any]:
-  """A torchvision `resnet50` state dict -> Flax {"params", "batch_stats"}."""
-  n = state_dict["fc.weight"].shape[0] if "fc.weight" in state_dict else 1000
-  return torch_weights.from_torch(state_dict, _variable_shapes(n), torch_prefix,
-                                  what="torchvision ResNet-50")
-
-
-def to_torch_state_dict(variables) -> dict[str, Any]:
-  """Flax variables -> a torchvision-style `resnet50` state dict."""
-  return torch_weights.to_torch(variables, torch_prefix)
-
-
-def load_pretrained(weights: str | os.PathLike | None,
-                    cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-  """Variables for `ResNet50()` from a user-supplied torchvision `.pth`, cached as `.npz`.
-
-  Raises:
-    FileNotFoundError: no file given, or it does not exist (the message says what to pass).
-    ValueError: a Keras `.h5` file (not supported), or a state dict of another model.
-  """
-  return torch_weights.load_user_weights(weights, cache_dir, name=NAME, title="ResNet-50",
-                                         hint=WEIGHTS_HINT, convert=from_torch_state_dict)
-

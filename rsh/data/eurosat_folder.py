@@ -1,0 +1,191 @@
+"""Source "folder": a folder of GeoTIFFs, `<dir>/<Class>/*.tif` (the EuroSAT-MS layout).
+
+Classes are the sub-folders sorted by name; files are read in parallel and
+cached (`rsh.data.cache`), keyed by their paths, sizes and mtimes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import pathlib
+import re
+import sys
+
+import numpy as np
+
+from rsh.data import bands
+from rsh.data import cache
+from rsh.data import dataset
+from rsh.data.bands import DataError
+from rsh.data.dataset import Dataset
+
+log = logging.getLogger(__name__)
+
+SIZE = 64
+TIFF_SUFFIXES = (".tif", ".tiff")
+_PROGRESS_MIN_FILES = 500
+
+
+@dataset.register("folder", options=("band_names",))
+def _load(*, source, sub, dir, cache_dir, seed, n_per_class, progress, band_names=None):
+  """The "folder" source of `rsh.data.load`."""
+  if sub:
+    raise DataError(f"unknown data source {source!r}; did you mean 'folder'?")
+  ds = load_folder(dir, cache_dir=cache_dir, band_names=band_names, progress=progress)
+  return dataset.subsample(ds, n_per_class, seed) if n_per_class is not None else ds
+
+
+def _list_folder(root: pathlib.Path):
+  """(class_names, [(relative path, label)]) of `root/<Class>/*.tif`."""
+  if root is None:
+    raise DataError("source=folder needs dir=<folder of <Class>/*.tif> (e.g. the "
+                    "unzipped EuroSAT-MS download)")
+  if not root.exists():
+    raise DataError(f"data folder {root} does not exist")
+  if not root.is_dir():
+    raise DataError(f"data folder {root} is not a directory")
+  classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+  if not classes:
+    raise DataError(f"data folder {root} has no class folders (expected <Class>/*.tif)")
+  files = []
+  for label, name in enumerate(classes):
+    found = []
+    for p in sorted((root / name).iterdir()):
+      if p.name.startswith("."):
+        continue  # .DS_Store, editor swap files
+      if p.is_dir() or p.suffix.lower() not in TIFF_SUFFIXES:
+        raise DataError(f"{p}: not a .tif image; a class folder may only hold GeoTIFFs")
+      found.append((f"{name}/{p.name}", label))
+    if not found:
+      raise DataError(f"class folder {root / name} has no .tif images")
+    files.extend(sorted(found, key=lambda f: natural_key(f[0])))
+  return tuple(classes), files
+
+
+def natural_key(name: str):
+  """'Forest_10.tif' after 'Forest_9.tif'."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _read_tiff(path: pathlib.Path, n_bands: int | None) -> np.ndarray:
+  """One GeoTIFF as uint16[64, 64, b], or a DataError naming it."""
+  import tifffile
+  try:
+    x = tifffile.imread(path)
+  except Exception as e:  # tifffile raises many types on a broken file
+    raise DataError(f"{path}: cannot read as TIFF ({type(e).__name__}: {e})") from None
+  x = np.asarray(x)
+  if x.ndim == 2:
+    x = x[..., None]
+  elif x.ndim == 3 and x.shape[1:] == (SIZE, SIZE) and x.shape[0] != SIZE:
+    x = np.moveaxis(x, 0, -1)  # planar (band-first) layout
+  if x.ndim != 3 or x.shape[:2] != (SIZE, SIZE):
+    raise DataError(f"{path}: image is {'x'.join(map(str, x.shape))}, expected "
+                    f"{SIZE}x{SIZE}[x bands]")
+  if n_bands is not None and x.shape[-1] != n_bands:
+    raise DataError(f"{path}: has {x.shape[-1]} bands, expected {n_bands} like the others")
+  return to_dn(x, str(path))
+
+
+def to_dn(x: np.ndarray, what: str) -> np.ndarray:
+  """Any numeric image -> uint16 digital numbers, refusing what does not fit."""
+  if x.dtype == np.uint16:
+    return x
+  if x.dtype.kind not in "uif":
+    raise DataError(f"{what}: pixel type {x.dtype} is not a number")
+  if x.dtype.kind == "f" and not np.isfinite(x).all():
+    raise DataError(f"{what}: has non-finite values (NaN or inf)")
+  lo, hi = x.min(), x.max()
+  if lo < 0 or hi > np.iinfo(np.uint16).max:
+    raise DataError(f"{what}: values {lo}..{hi} do not fit 16-bit digital numbers")
+  return np.rint(x).astype(np.uint16) if x.dtype.kind == "f" else x.astype(np.uint16)
+
+
+def show_progress(progress: bool | None, n: int) -> bool:
+  if progress is not None:
+    return progress
+  return n >= _PROGRESS_MIN_FILES and sys.stderr.isatty()
+
+
+def load_folder(dir, *, cache_dir=None, band_names=None, progress=None) -> Dataset:
+  """Reads `dir/<Class>/*.tif` (EuroSAT-MS layout); see `load`.
+
+  Classes are the sub-folders sorted by name (label i = i-th name). Files with
+  13 bands are taken as EuroSAT-MS GeoTIFFs (`bands.EUROSAT_BANDS`); any other
+  band count needs `band_names`, their order in the files.
+  """
+  root = None if dir is None else pathlib.Path(dir).expanduser()
+  classes, files = _list_folder(root)
+  if band_names is not None:
+    band_names = bands.resolve_bands(band_names)
+
+  # Paths, sizes and mtimes identify the content well enough, without reading it.
+  stats = []
+  for rel, _ in files:
+    st = (root / rel).stat()
+    stats.append((rel, st.st_size, st.st_mtime_ns))
+  entry = cache.entry_path(cache_dir, "folder", [stats, band_names])
+  ds = cache.read(entry)
+  if ds is not None:
+    return ds
+
+  paths = [root / rel for rel, _ in files]
+  # tifffile logs what it dislikes before raising; our error names the file instead.
+  tiff_log = logging.getLogger("tifffile")
+  level = tiff_log.level
+  tiff_log.setLevel(logging.CRITICAL)
+  try:
+    images, band_names = _read_all(root, paths, band_names, progress)
+  finally:
+    tiff_log.setLevel(level)
+
+  ds = Dataset(images, np.asarray([label for _, label in files], np.int32), classes,
+               band_names, "folder", tuple(rel for rel, _ in files))
+  log.info("read %d GeoTIFFs from %s", len(ds), root)
+  cache.write(entry, ds)
+  return ds
+
+
+def _read_all(root, paths, band_names, progress):
+  """uint16[len(paths), 64, 64, b] and the band names, reading in parallel."""
+  first = _read_tiff(paths[0], None)
+  n_bands = first.shape[-1]
+  if band_names is None:
+    if n_bands != len(bands.EUROSAT_BANDS):
+      raise DataError(f"{paths[0]}: has {n_bands} bands; only 13-band EuroSAT-MS files have "
+                      "a known band order; pass band_names (e.g. --band_names=B04,B03,B02)")
+    band_names = bands.EUROSAT_BANDS
+  elif n_bands != len(band_names):
+    raise DataError(f"{paths[0]}: has {n_bands} bands, but band_names lists "
+                    f"{len(band_names)} ({' '.join(band_names)})")
+  images = np.empty((len(paths), SIZE, SIZE, n_bands), np.uint16)
+  images[0] = first
+
+  def read(i):
+    images[i] = _read_tiff(paths[i], n_bands)
+
+  bar = None
+  if show_progress(progress, len(paths)):
+    from tqdm import tqdm
+    bar = tqdm(total=len(paths), initial=1, desc=f"reading {root}", unit="file")
+  # tifffile releases the GIL while reading and decoding, so threads scale.
+  workers = min(32, 4 * (os.cpu_count() or 1))
+  pool = concurrent.futures.ThreadPoolExecutor(workers)
+  try:
+    futures = {pool.submit(read, i): i for i in range(1, len(paths))}
+    for f in concurrent.futures.as_completed(futures):
+      if f.exception() is not None:
+        break  # stop early: one bad file among 27,000 should not cost a full read
+      if bar is not None:
+        bar.update()
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+    if bar is not None:
+      bar.close()
+  errors = {i: f.exception() for f, i in futures.items()
+            if f.done() and not f.cancelled() and f.exception() is not None}
+  if errors:
+    raise errors[min(errors)]  # of the files read, the first bad one in file order
+  return images, band_names
