@@ -23,6 +23,6 @@ def get_config(arg=None):
   c.evals = ml_collections.ConfigDict(dict(
       retrieval=dict(type="retrieval", query="query", archive="archive",
                      codes="hash", vectors="hash"),
-      random_projection=dict(type="random_projection"),
+      **config_lib.baselines(),
       ssm_quality=dict(type="ssm_quality")))
   return config_lib.finish(c, a.variant)

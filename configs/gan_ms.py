@@ -18,5 +18,5 @@ def get_config(arg=None):
       adversarial_g=dict(weight=1.0, on="generator")))
   c.evals = ml_collections.ConfigDict(dict(
       retrieval=dict(type="retrieval", query="query", archive="archive", vectors="feature"),
-      random_projection=dict(type="random_projection")))
+      **config_lib.baselines()))
   return config_lib.finish(c, a.variant)

@@ -27,6 +27,7 @@ RECIPES = ("paper", "tuned")
 #           thesis's SSM (EfficientNet-Lite0 + local histograms: on the demo data
 #           histograms alone give SSM IoU 0.23, with the CNN 0.56);
 #   smoke — tiny, for tests.
+DROP = object()  # a VARIANTS value: delete the key (e.g. an evaluator) if present
 _LOOP = ("train.batch_size", "train.num_steps", "train.eval_every",
          "train.checkpoint_every", "train.log_every")
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -39,7 +40,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "smoke": {"data.source": "demo", "data.n_per_class": 12, "data.n_query": 2,
               "data.n_train": None, **dict(zip(_LOOP, (8, 4, 2, 2, 1))),
               "train.progress": False, "ssm.spatial": "none", "ssm.n_bins": 8,
-              "eval.k": 20, "eval.n": 5, "eval.pr_step": 10},
+              "eval.k": 20, "eval.n": 5, "eval.pr_step": 10,
+              # no CNN feature baselines in tests' smoke runs (a backbone compile each)
+              "evals.lsh_efficientnet_lite0": DROP, "evals.itq_efficientnet_lite0": DROP},
 }
 
 
@@ -72,6 +75,8 @@ def base(a, *, method: str, name: str, bands: str) -> ml_collections.ConfigDict:
       source="tfds", dir=ml_collections.FieldReference(None, field_type=str),
       cache_dir=ml_collections.FieldReference(None, field_type=str),
       bands=bands, n_query=100,
+      input="pixels",  # the view a method trains on: pixels | <backbone> (its features)
+      weights=ml_collections.FieldReference(None, field_type=str),  # a backbone's file
       n_train=ml_collections.FieldReference(500, field_type=int),
       n_per_class=ml_collections.FieldReference(None, field_type=int)))
   c.optim = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.5, b2=0.999, eps=1e-8))
@@ -92,6 +97,16 @@ def ssm() -> ml_collections.ConfigDict:
       k1=500, k2=300, n_ref=5000))
 
 
+def baselines(features=("efficientnet_lite0",)) -> dict[str, dict]:
+  """The shallow baselines beside a deep run (`config.evals` entries): LSH
+  (`random_projection`) and ITQ on pixels, and both on each backbone's features."""
+  out = {"random_projection": dict(type="random_projection"), "itq": dict(type="itq")}
+  for b in features:
+    out[f"lsh_{b}"] = dict(type="lsh", input=b)
+    out[f"itq_{b}"] = dict(type="itq", input=b)
+  return out
+
+
 def finish(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
   """Applies the variant's overrides (`VARIANTS`) to a method's full config."""
   for key, value in VARIANTS[variant].items():
@@ -99,6 +114,9 @@ def finish(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigD
     section = c
     for part in path:
       section = section.get(part) if section is not None else None
-    if section is not None:
+    if section is not None and value is DROP:
+      if leaf in section:
+        del section[leaf]
+    elif section is not None:
       section[leaf] = value
   return c

@@ -26,6 +26,7 @@ import numpy as np
 
 from rsh import hamming
 from rsh import protocol as rprotocol
+from rsh import shallow
 from rsh import similarity
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Retrieval(Evaluator):
   codes' when there are codes, else the vectors'. Outside the final
   evaluation, class-wise metrics carry class indices instead of names.
   """
-  options = ("query", "archive", "codes", "vectors")
+  options = ("query", "archive", "codes", "vectors", "input")
 
   def __init__(self, name, cfg, ctx):
     super().__init__(name, cfg, ctx)
@@ -96,12 +97,14 @@ class Retrieval(Evaluator):
       raise ValueError(f"config.evals.{name} needs codes= or vectors= (an encoder output)")
     for s in (self.query, self.archive):
       ctx.data.indices(s)  # a clear error for an unknown set, before training
+    # The view the encoder reads: the one the method trains on unless set.
+    self.input = ctx.data.view_name(self.cfg.get("input", ctx.config.data.get("input")))
     self.last = None
 
   def run(self, state, final):
     data = self.ctx.data
-    q_out = self.ctx.encode(state, data.x(self.query))
-    a_out = self.ctx.encode(state, data.x(self.archive))
+    q_out = self.ctx.encode(state, data.x(self.query, self.input))
+    a_out = self.ctx.encode(state, data.x(self.archive, self.input))
     for key in filter(None, (self.codes, self.vectors)):
       if key not in q_out:
         raise ValueError(f"config.evals.{self.name}: the encoder has no output {key!r}; "
@@ -136,19 +139,29 @@ class Retrieval(Evaluator):
                      query=self.query, archive=self.archive)
 
 
-class RandomProjection(Evaluator):
-  """sign(random projection) codes of the same pixels, the same protocol.
+class Shallow(Evaluator):
+  """A shallow hash of a data view, fitted on the training set, the same protocol.
 
-  Pixels are the config's bands in [-1, 1], centred by the training mean (a
-  random hyperplane through the data, not through the corner of the cube).
-  `bits` defaults to `config.model.bits`, `seed` to `config.seed + 1`.
+  `lsh` (also `random_projection`): random hyperplanes through the training
+  mean; `itq`: PCA + iterative quantisation (`rsh.shallow`). `input` is the
+  view ("pixels", the config's bands in [-1, 1], or a backbone's features,
+  e.g. "efficientnet_lite0"); `bits` defaults to `config.model.bits`, `seed`
+  to `config.seed + 1`, ITQ's `iterations` to 50. Computed once per run.
   """
   section, in_loop = "baselines", False
-  options = ("query", "archive", "bits", "seed")
+  options = ("query", "archive", "bits", "seed", "input", "iterations")
+  kind = "lsh"
 
   def __init__(self, name, cfg, ctx):
     super().__init__(name, cfg, ctx)
     self.query, self.archive = self.cfg.get("query", "query"), self.cfg.get("archive", "archive")
+    for s in (self.query, self.archive):
+      ctx.data.indices(s)
+    self.input = ctx.data.view_name(self.cfg.get("input", "pixels"))
+    bits, n_train = int(self.cfg.get("bits", ctx.config.model.bits)), len(ctx.data.indices("train"))
+    if self.kind == "itq" and bits > n_train:  # PCA has at most n_train directions
+      raise ValueError(f"config.evals.{name}: ITQ with {bits} bits needs at least {bits} "
+                       f"training images, there are {n_train}; set config.evals.{name}.bits")
     self.result = None
 
   def run(self, state, final):
@@ -157,25 +170,25 @@ class RandomProjection(Evaluator):
       self.result = self._compute()
     return self.result
 
+  def fit(self, train: np.ndarray, bits: int, seed: int) -> shallow.LinearHash:
+    if self.kind == "lsh":
+      return shallow.fit_lsh(train, bits, seed)
+    return shallow.fit_itq(train, bits, seed, int(self.cfg.get("iterations", 50)))
+
   def _compute(self):
     c, data = self.ctx.config, self.ctx.data
     bits = int(self.cfg.get("bits", c.model.bits))
-    rng = np.random.default_rng(int(self.cfg.get("seed", c.seed + 1)))
-    dim = int(np.prod(data.images.shape[1:]))
-    proj = rng.standard_normal((dim, bits)).astype(np.float32)
-    train = data.indices("train")
-    mean = data.signed(train).reshape(len(train), -1).mean(0)
-
-    def codes(idx):
-      out = []
-      for s in range(0, len(idx), 1024):
-        x = data.signed(idx[s:s + 1024]).reshape(-1, dim) - mean
-        out.append(x @ proj >= 0)
-      return hamming.pack_codes(np.concatenate(out))
-
+    h = self.fit(data.train_rows(self.input), bits, int(self.cfg.get("seed", c.seed + 1)))
     q, a = data.indices(self.query), data.indices(self.archive)
-    res = _protocol(self, codes(q), codes(a), data.labels[q], data.labels[a], final=True)
+    codes = lambda s: hamming.pack_codes(shallow.project(h, data.x(s, self.input)) >= 0)
+    res = _protocol(self, codes(self.query), codes(self.archive), data.labels[q],
+                    data.labels[a], final=True)
     return {k: v for k, v in res.items() if np.ndim(v) == 0}
+
+
+class Itq(Shallow):
+  __doc__ = Shallow.__doc__
+  kind = "itq"
 
 
 class SsmQuality(Evaluator):
@@ -193,7 +206,9 @@ class SsmQuality(Evaluator):
 
 EVALUATORS: Mapping[str, type] = {
     "retrieval": Retrieval,
-    "random_projection": RandomProjection,
+    "random_projection": Shallow,   # LSH on pixels, its first name
+    "lsh": Shallow,
+    "itq": Itq,
     "ssm_quality": SsmQuality,
 }
 

@@ -10,7 +10,8 @@ knows which batch inputs to make), and optionally `generate` and extra
 figures. Its module exposes `build(config, data, terms) -> Method`
 (`rsh/methods/__init__.py` maps `config.method` to it).
 
-The batch of step `s` holds `image` (the training images, [-1, 1]) and each
+The batch of step `s` holds `x` (training rows of the view `config.data.input`:
+pixels in [-1, 1] by default, or e.g. frozen features) and each
 batch input a bound loss term reads (`BATCH_INPUTS`: `similarity`, the SSM block
 of the batch), all cut from a pure function of `s` (exact resume).
 """
@@ -158,8 +159,10 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
       log_every=int(config.train.log_every),
       progress=bool(config.train.get("progress", True)))
   data = rdata.prepare(config)
-  batch_size = int(config.train.batch_size)
-  if batch_size > len(data.split.train):
+  n_train = len(data.split.train)
+  # None: every step sees the whole training set (full-batch methods, e.g. ITQ).
+  batch_size = n_train if config.train.batch_size is None else int(config.train.batch_size)
+  if batch_size > n_train:
     raise ValueError(f"config.train.batch_size={batch_size} is larger than the "
                      f"training set ({len(data.split.train)} images)")
   method = module.build(config, data, terms=terms)
@@ -173,11 +176,11 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
     t0 = time.time()
     ssm()
     timings["ssm"] = round(time.time() - t0, 2)
-  x_train = data.train_x
+  x_train = data.train_rows(config.data.get("input"))
 
   def batch_fn(step: int) -> dict[str, np.ndarray]:
     idx = rdata.batch_at(np.arange(len(x_train)), batch_size, config.seed, step)
-    return {"image": x_train[idx], **{k: fn(ssm, idx) for k, fn in inputs.items()}}
+    return {"x": x_train[idx], **{k: fn(ssm, idx) for k, fn in inputs.items()}}
 
   ctx = revals.Context(config=config, data=data, encode=method.encode, ssm=ssm)
   evals = revals.build(config.get("evals", {}), ctx, extra=evaluators)

@@ -74,6 +74,11 @@ ROW_NAMES = {("dhnn_ms", "binary"): "DHNN-MS (bin)", ("gan_rgb", "nonbinary"): "
              ("gan_ms", "nonbinary"): "GAN-MS (non-bin)", ("uahm", "nonbinary"): "UAHM (non-bin)",
              ("uahm", "binary"): "UAHM (bin)"}
 
+# Baselines every deep run evaluates beside itself (config_lib.baselines).
+BASELINE_ROWS = {"random_projection": "LSH, pixels", "itq": "ITQ, pixels",
+                 "lsh_efficientnet_lite0": "LSH, EfficientNet-Lite0 features",
+                 "itq_efficientnet_lite0": "ITQ, EfficientNet-Lite0 features"}
+
 
 def load_config(name: str, arg: str):
   spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
@@ -163,6 +168,14 @@ def table_57_58(table: str) -> str:
       paper = PAPER[table][(name, kind)].get(b)
       cells.append(f"{_cell(vals)} ({paper:.4f})" if paper else _cell(vals))
     rows.append(f"| {ROW_NAMES[(name, kind)]} | " + " | ".join(cells) + " |")
+  # Shallow baselines (not in the thesis), from the UAHM runs' `baselines`.
+  for base, label in BASELINE_ROWS.items():
+    cells = []
+    for b in bits:
+      vals = [cache[("uahm", b, s)]["baselines"][base][metric] for s in seeds
+              if base in cache[("uahm", b, s)].get("baselines", {})]
+      cells.append(_cell(vals))
+    rows.append(f"| {label} (not in thesis) | " + " | ".join(cells) + " |")
   head = f"| model | " + " | ".join(f"{b} bits" for b in bits) + " |"
   title = {"5.7": "MAP@100", "5.8": "precision@20"}[table]
   return "\n".join([f"Table {table} — {title}, ours (thesis in brackets); variant "

@@ -81,10 +81,13 @@ def load_results(workdir: str | os.PathLike) -> dict | None:
 
 
 def summary_line(results: dict) -> str:
+  """One line: the codes' main numbers, then each baseline's MAP@k."""
   metrics = results.get("metrics", {})
   k, n = results.get("k", 100), results.get("n", 20)
   keys = [key for key in (f"map@{k}", f"precision@{n}", f"nonbinary/map@{k}") if key in metrics]
   shown = " ".join(f"{k}={results['metrics'][k]:.4f}" for k in keys)
+  names = {"random_projection": "random projection"}
+  base = ", ".join(f"{names.get(b, b)} {m[f'map@{k}']:.4f}"
+                   for b, m in results.get("baselines", {}).items() if f"map@{k}" in m)
   return (f"{results.get('name', results.get('method'))} ({results.get('variant')}, "
-          f"{results.get('bits')} bits): {shown}; random projection: "
-          f"map@{k}={results.get('baselines', {}).get('random_projection', {}).get(f'map@{k}', float('nan')):.4f}")
+          f"{results.get('bits')} bits): {shown}" + (f"; baselines map@{k}: {base}" if base else ""))

@@ -1,23 +1,26 @@
 """Are two runs' numbers bitwise equal? For refactors: `results.json` before and after.
 
-    python scripts/same_numbers.py BEFORE/results.json AFTER/results.json
+    python scripts/same_numbers.py [--allow-new] BEFORE/results.json AFTER/results.json
 
 Compares `metrics`, `curves`, `baselines` and every `history` value exactly
 (JSON floats round-trip, so equal text is equal bits), except wall times
-(`*seconds`), which are never the same twice. Exit status 1 on any difference.
+(`*seconds`), which are never the same twice. Exit status 1 on any difference;
+with `--allow-new`, numbers only the after-run has (e.g. a new baseline) are
+listed but are not differences: every number the before-run had must be equal.
 """
 
 import json
 import sys
 
 
-def differences(a: dict, b: dict) -> list[str]:
+def differences(a: dict, b: dict, allow_new: bool = False) -> list[str]:
   timeless = lambda keys: {k for k in keys if not k.endswith("seconds")}
   out = []
   for sec in ("metrics", "curves", "baselines"):
     ka, kb = timeless(a.get(sec, {})), timeless(b.get(sec, {}))
     out += [f"{sec}: {k} only before" for k in sorted(ka - kb)]
-    out += [f"{sec}: {k} only after" for k in sorted(kb - ka)]
+    if not allow_new:
+      out += [f"{sec}: {k} only after" for k in sorted(kb - ka)]
     out += [f"{sec}: {k} {a[sec][k]!r} != {b[sec][k]!r}" for k in sorted(ka & kb)
             if a[sec][k] != b[sec][k]]
   ha = {r["step"]: r for r in a.get("history", [])}
@@ -37,12 +40,17 @@ def differences(a: dict, b: dict) -> list[str]:
 
 
 def main(argv):
+  allow_new = "--allow-new" in argv
+  argv = [x for x in argv if x != "--allow-new"]
   if len(argv) != 3:
     sys.exit(__doc__)
   a, b = (json.load(open(p)) for p in argv[1:])
-  diff = differences(a, b)
+  diff = differences(a, b, allow_new)
+  new = [f"{sec}: {k}" for sec in ("metrics", "curves", "baselines")
+         for k in sorted(set(b.get(sec, {})) - set(a.get(sec, {})))]
   print("\n".join(diff) if diff else
-        f"identical: {len(a['metrics'])} metrics, {len(a.get('history', []))} history rows")
+        f"identical: {len(a['metrics'])} metrics, {len(a.get('history', []))} history rows"
+        + (f"; new after: {', '.join(new)}" if allow_new and new else ""))
   return 1 if diff else 0
 
 

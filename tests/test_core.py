@@ -47,7 +47,7 @@ def build(config, data, terms=None):
 
   def step(state, batch, rng):
     del rng
-    forward = lambda params: (model.apply({"params": params}, batch["image"]), {})
+    forward = lambda params: (model.apply({"params": params}, batch["x"]), {})
     net, metrics = update.update_net(state.nets["encoder"], tx, forward, bound["encoder"],
                                      batch, "encoder")
     return update.TrainState(step=state.step + 1, nets={"encoder": net}), metrics

@@ -39,6 +39,10 @@ def test_table_57_runs_every_cell_with_mean_and_std(table_57):
     line = next(l for l in text.splitlines() if l.startswith(f"| {row} |"))
     # mean ± std over 2 seeds, then the thesis's 32-bit number in brackets
     assert re.search(r"\d\.\d{4} ± \d\.\d{4} \(0\.\d{4}\)", line), line
+  # The shallow baselines of the UAHM runs, marked as not in the thesis.
+  for row in ("LSH, pixels", "ITQ, pixels", "ITQ, EfficientNet-Lite0 features"):
+    line = next(l for l in text.splitlines() if l.startswith(f"| {row} (not in thesis) |"))
+    assert re.search(r"\| \d\.\d{4} ± \d\.\d{4} \|$", line), line
   runs = sorted(p.name for p in root.iterdir() if (p / "results.json").exists())
   assert runs == sorted(f"{m}_32b_seed{s}" for m in ("dhnn_ms", "gan_ms", "gan_rgb", "uahm")
                         for s in (0, 1))

@@ -94,7 +94,7 @@ _SHARDED = textwrap.dedent("""
       return (new, new.replace(nets={**new.nets, "generator": new_g.replace(params=g)})), metrics
 
     rng = np.random.default_rng(0)
-    batch = {"image": rng.uniform(-1, 1, (8, 64, 64, 10)).astype(np.float32),
+    batch = {"x": rng.uniform(-1, 1, (8, 64, 64, 10)).astype(np.float32),
              "similarity": np.where(rng.random((8, 8)) < 0.3, 1, -1).astype(np.int8)}
 
     def run(fn, devices):

@@ -34,7 +34,7 @@ def _smoke(**model):
 
 def _batch(b=8, seed=0):
   rng = np.random.default_rng(seed)
-  return {"image": jnp.asarray(rng.uniform(-1, 1, (b, 64, 64, 10)), jnp.float32),
+  return {"x": jnp.asarray(rng.uniform(-1, 1, (b, 64, 64, 10)), jnp.float32),
           "similarity": jnp.asarray(np.where(rng.random((b, b)) < 0.3, 1, -1), jnp.int8)}
 
 
@@ -51,7 +51,7 @@ def _step_and_real_only_stats(config):
   # parameters the step starts from.
   d = state.nets["discriminator"]
   _, upd = disc.apply({"params": d.params, "batch_stats": d.batch_stats},
-                      batch["image"], train=True, mutable=["batch_stats"])
+                      batch["x"], train=True, mutable=["batch_stats"])
   new, _ = jax.jit(uahm.make_train_step(config, gen, disc))(state, batch, jax.random.PRNGKey(1))
   return new.nets["discriminator"].batch_stats, upd["batch_stats"], d.batch_stats
 
@@ -80,7 +80,7 @@ def test_recalibrated_statistics_are_the_mean_batch_moments():
   config = _smoke()
   gen, disc = uahm.build_models(config)
   state = uahm.init_state(config, gen, disc, jax.random.PRNGKey(0))
-  images = np.asarray(_batch(24, seed=3)["image"])
+  images = np.asarray(_batch(24, seed=3)["x"])
   d = state.nets["discriminator"]
   got = update.recalibrate_batch_stats(disc, d.params, d.batch_stats, images, batch_size=8,
                                        momentum=dcgan.BN_MOMENTUM)

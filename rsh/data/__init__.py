@@ -37,6 +37,7 @@ from rsh.data.split import batches
 from rsh.data.split import PAPER_N_QUERY
 from rsh.data.split import PAPER_N_TRAIN
 from rsh.data.split import paper_split
+from rsh.data.split import random_split
 from rsh.data.split import Split
 from rsh.data.split import steps_per_epoch
 from rsh.data.prepared import prepare

@@ -1,21 +1,36 @@
-"""A dataset after band selection and the seeded split: what a run is given."""
+"""A dataset after band selection and the seeded split: what a run is given.
+
+Its rows are seen through named **views**:
+
+  "pixels"               the config's bands, f32[n, 64, 64, c] in [-1, 1] (sliced on demand)
+  "features/<backbone>"  frozen penultimate-layer features f32[n, d] of the RGB bands
+                         (`rsh.features`), computed on first use and cached on disk
+  any key of `Dataset.views` e.g. "s1" / "s2": a modality a source loads beside its pixels
+
+`config.data.input` names the view a method trains and encodes on; a bare
+backbone name ("efficientnet_lite0") means its features view. Labels are
+`int32[n]` classes or multi-hot `uint8[n, c]`; sets are named ("query",
+"archive", "train", plus any split a source ships in `Dataset.splits`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import logging
+from typing import Any
 
 import numpy as np
 
 from rsh.data import bands as rbands
-from rsh.data import dataset as rdataset
 from rsh.data import split as rsplit
 
 log = logging.getLogger(__name__)
 
 RGB = ("B04", "B03", "B02")
 SETS = ("query", "archive", "train")
+PIXELS = "pixels"
+FEATURES = "features/"
 
 
 @dataclasses.dataclass
@@ -24,31 +39,80 @@ class Prepared:
 
   `images` are raw digital numbers (uint16) of the selected bands, so large
   archives stay 4x smaller than as float; `signed` chunks are made on demand.
-  The split's sets are named (`"query"`, `"archive"`, `"train"`), so an
-  evaluator's query set and archive are configuration.
   """
-  dataset: rdataset.Dataset       # all bands, as loaded
+  dataset: Any                    # rsh.data.Dataset, all bands as loaded
   images: np.ndarray              # uint16[n, 64, 64, c], the config's bands
-  labels: np.ndarray              # int32[n]
+  labels: np.ndarray              # int32[n] or multi-hot uint8[n, classes]
   band_names: tuple[str, ...]
   split: rsplit.Split
+  feature_options: dict = dataclasses.field(default_factory=dict)  # features.extract kwargs
+  _views: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
   def class_names(self):
     return self.dataset.class_names
 
+  @property
+  def multi_label(self) -> bool:
+    return np.ndim(self.labels) == 2
+
+  @property
+  def set_names(self) -> tuple[str, ...]:
+    return SETS + tuple(s for s in self.dataset.splits or {} if s not in SETS)
+
   def indices(self, name: str) -> np.ndarray:
-    if name not in SETS:
-      raise ValueError(f"unknown image set {name!r}; known: {', '.join(SETS)}")
-    return getattr(self.split, name)
+    if name in SETS:
+      return getattr(self.split, name)
+    extra = self.dataset.splits or {}
+    if name in extra:
+      return np.asarray(extra[name], np.int64)
+    raise ValueError(f"unknown image set {name!r}; known: {', '.join(self.set_names)}")
 
   def signed(self, idx) -> np.ndarray:
     """f32[len(idx), 64, 64, c] in [-1, 1]: what the networks see."""
     return np.asarray(rbands.to_signed(rbands.normalise(self.images[idx])), np.float32)
 
-  def x(self, name: str) -> "_Lazy":
-    """The named set's images as `signed` would give them, sliced on demand."""
-    return _Lazy(self, self.indices(name))
+  # ----------------------------------------------------------------------- views
+
+  def view_names(self) -> tuple[str, ...]:
+    from rsh import features  # the backbone table; jax only when features are used
+    return ((PIXELS,) + tuple(FEATURES + b for b in features.BACKBONES)
+            + tuple(self.dataset.views or {}))
+
+  def view_name(self, name: str | None) -> str:
+    """The canonical view for `name` ("efficientnet_lite0" -> "features/efficientnet_lite0")."""
+    name = PIXELS if name in (None, "") else str(name)
+    if name not in self.view_names() and FEATURES + name in self.view_names():
+      name = FEATURES + name
+    if name not in self.view_names():
+      raise ValueError(f"unknown data view {name!r}; known: {', '.join(self.view_names())} "
+                       "(a backbone name alone means its features)")
+    return name
+
+  def view(self, name: str | None = PIXELS):
+    """All rows of a view: an array, or for pixels an on-demand slicer."""
+    name = self.view_name(name)
+    if name == PIXELS:
+      return _Lazy(self, np.arange(len(self.labels)))
+    extra = self.dataset.views or {}
+    if name in extra:
+      return extra[name]
+    if name not in self._views:
+      self._views[name] = self._features(name[len(FEATURES):])
+    return self._views[name]
+
+  def x(self, name: str, view: str | None = PIXELS):
+    """The named set's rows of a view (pixels sliced on demand)."""
+    idx = self.indices(name)
+    if self.view_name(view) == PIXELS:
+      return _Lazy(self, idx)
+    return self.view(view)[idx]
+
+  def train_rows(self, view: str | None = PIXELS) -> np.ndarray:
+    """The training set's rows of a view, in memory: batches are cut from them."""
+    if self.view_name(view) == PIXELS:
+      return self.train_x
+    return np.asarray(self.x("train", view))
 
   @functools.cached_property
   def train_x(self) -> np.ndarray:
@@ -62,6 +126,14 @@ class Prepared:
       return None
     sel = rbands.band_indices(names, RGB)
     return np.asarray(rbands.normalise(self.dataset.images[idx][..., sel]), np.float32)
+
+  def _features(self, backbone: str) -> np.ndarray:
+    rgb = self.rgb(np.arange(len(self.labels)))
+    if rgb is None:
+      raise ValueError(f"the view features/{backbone} needs the bands {' '.join(RGB)}; "
+                       f"the data has {' '.join(self.dataset.band_names)}")
+    from rsh import features
+    return features.extract(backbone, rgb, **self.feature_options)
 
 
 class _Lazy:
@@ -80,15 +152,28 @@ class _Lazy:
 
 
 def prepare(config) -> Prepared:
-  """Loads `config.data`, selects its bands and makes the seeded paper split."""
+  """Loads `config.data`, selects its bands and makes the seeded split.
+
+  Class labels get the paper split (per class `n_query` queries, `n_train`
+  training images); multi-hot labels a seeded random one (`n_query` queries
+  in all, `n_train` training images in all, None = the whole archive).
+  """
+  from rsh.data import load  # the source registry
   d = config.data
-  ds = rdataset.load(d.source, dir=d.get("dir"), cache_dir=d.get("cache_dir"),
-                     seed=config.seed, n_per_class=d.get("n_per_class"))
+  ds = load(d.source, dir=d.get("dir"), cache_dir=d.get("cache_dir"),
+            seed=config.seed, n_per_class=d.get("n_per_class"))
   bands = rbands.resolve_bands(d.bands)
   sel = rbands.band_indices(ds.band_names, bands)
-  split = rsplit.paper_split(ds.labels, d.n_query, d.get("n_train"), config.seed)
+  labels = np.asarray(ds.labels)
+  if labels.ndim == 2:
+    split = rsplit.random_split(len(labels), d.n_query, d.get("n_train"), config.seed)
+  else:
+    split = rsplit.paper_split(labels, d.n_query, d.get("n_train"), config.seed)
   log.info("data: %s, %d images, %d classes, bands %s; %d query / %d archive / %d train",
-           d.source, len(ds.labels), len(ds.class_names), " ".join(bands),
+           d.source, len(labels), len(ds.class_names), " ".join(bands),
            len(split.query), len(split.archive), len(split.train))
-  return Prepared(dataset=ds, images=ds.images[..., sel], labels=ds.labels,
-                  band_names=tuple(bands), split=split)
+  options = {"weights": d.get("weights")} if d.get("weights") else {}
+  out = Prepared(dataset=ds, images=ds.images[..., sel], labels=ds.labels,
+                 band_names=tuple(bands), split=split, feature_options=options)
+  out.view_name(d.get("input"))  # an unknown view is named before anything is trained
+  return out

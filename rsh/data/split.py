@@ -96,6 +96,25 @@ def paper_split(labels: np.ndarray, n_query: int, n_train: int | None, seed: int
                archive if n_train is None else shuffled(train, 2))
 
 
+def random_split(n: int, n_query: int, n_train: int | None, seed: int) -> Split:
+  """`n_query` random queries in all, the rest archive, `n_train` of it to train on.
+
+  For multi-label data, where a per-class split is not defined. The same
+  conventions as `paper_split`: seeded permutations, `train` is `archive` when
+  `n_train` is None.
+  """
+  seed, n, n_query = _seed(seed), int(n), int(n_query)
+  if n_query < 0:
+    raise DataError(f"n_query must be >= 0, not {n_query}")
+  if n_query >= n:
+    raise DataError(f"n_query={n_query} leaves no archive among {n} images")
+  if n_train is not None and not 1 <= int(n_train) <= n - n_query:
+    raise DataError(f"n_train must be in 1..{n - n_query} (the archive) or None, not {n_train}")
+  perm = np.random.default_rng((seed, 2**33)).permutation(n).astype(np.int64)
+  query, archive = perm[:n_query], perm[n_query:]
+  return Split(query, archive, archive if n_train is None else archive[:int(n_train)])
+
+
 @functools.lru_cache(maxsize=8)
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
   perm = np.random.default_rng((seed, epoch)).permutation(n)

@@ -11,16 +11,20 @@ importable, so a new method needs no change here.
 import importlib
 import types
 
-# method name (config.method) -> module under rsh.methods
+# method name (config.method) -> module under rsh.methods[:its build function]
 METHODS = {
     "uahm": "uahm",  # UAHM and its baselines GAN-RGB, GAN-MS, DHNN-MS (by config)
+    "lsh": "shallow:build_lsh",  # random hyperplanes (configs/lsh.py)
+    "itq": "shallow:build_itq",  # PCA + iterative quantisation (configs/itq.py)
 }
 
 
 def get(name: str):
   """The module (or namespace) with `build` for `name`; a ValueError lists the choices."""
   if name in METHODS:
-    return importlib.import_module(f"rsh.methods.{METHODS[name]}")
+    module, _, attr = METHODS[name].partition(":")
+    mod = importlib.import_module(f"rsh.methods.{module}")
+    return types.SimpleNamespace(build=getattr(mod, attr), __name__=name) if attr else mod
   if "." in name or ":" in name:
     module, _, attr = name.partition(":")
     try:

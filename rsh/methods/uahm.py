@@ -77,7 +77,7 @@ def make_train_step(config, gen, disc, terms=None, bound=None):
   fake_updates_stats = _d_stats(config) == "real_and_fake"
 
   def step(state: update.TrainState, batch, rng):
-    d, x = state.nets["discriminator"], batch["image"]
+    d, x = state.nets["discriminator"], batch["x"]
     z = jax.random.uniform(rng, (x.shape[0], bits), minval=-1.0, maxval=1.0)
     fake = None
     if gen is not None:
@@ -134,6 +134,9 @@ def make_encoder(disc, calibration_images=None, calibration_batch: int = 64):
 
 
 def build(config, data, terms=None) -> experiment.Method:
+  if data.view_name(config.data.get("input")) != "pixels":
+    raise ValueError(f"config.data.input={config.data.input!r}: {config.name} trains on "
+                     "pixels (a GAN on images), not on another view")
   gen, disc = build_models(config)
   bound = rlosses.bind(config.losses, nets=NETS if gen else NETS[:1], terms=terms)
 
