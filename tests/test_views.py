@@ -49,6 +49,9 @@ def test_unknown_view_and_set_are_named():
     d.indices("val")
   with pytest.raises(ValueError, match="unknown data view"):
     rdata.prepare(_config(input="vgg"))  # before anything is trained
+  with pytest.raises(ValueError, match="features/resnet50 needs ResNet-50 weights: pass "
+                                       "--config.data.weights=PATH"):
+    rdata.prepare(_config(input="resnet50"))  # no packaged weights: said up front
 
 
 def test_features_view_is_computed_once_for_all_rows(monkeypatch):

@@ -87,6 +87,12 @@ class Prepared:
     if name not in self.view_names():
       raise ValueError(f"unknown data view {name!r}; known: {', '.join(self.view_names())} "
                        "(a backbone name alone means its features)")
+    if name.startswith(FEATURES) and not self.feature_options.get("weights"):
+      from rsh import weights  # a backbone without packaged weights needs a file
+      spec = weights.get(name[len(FEATURES):])
+      if spec.default_path is None:
+        raise ValueError(f"the view {name} needs {spec.title} weights: pass "
+                         f"--config.data.weights=PATH, a {spec.what} state dict (.pth)")
     return name
 
   def view(self, name: str | None = PIXELS):
