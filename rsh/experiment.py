@@ -216,9 +216,17 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
 
 def _figures(workdir, config, data, method: Method, evals, results, state) -> None:
   from rsh import plots  # matplotlib only when figures are drawn
-  baseline = results["baselines"].get("random_projection")
+  # Every baseline as a reference line: the level the codes are to beat.
+  def label(name):  # "itq_efficientnet_lite0" -> "ITQ (efficientnet_lite0)"
+    kind, _, view = name.partition("_")
+    if name == "random_projection":
+      return "random projection (LSH, pixels)"
+    return f"{kind.upper()} ({view or 'pixels'})" if kind in ("lsh", "itq") else name
+
+  reference = {label(b): m for b, m in sorted(results["baselines"].items(),
+                                              key=lambda item: item[0] != "random_projection")}
   plots.map_vs_steps(results["history"], workdir / "map_vs_steps.png", k=int(config.eval.k),
-                     reference={"random projection": baseline} if baseline else None)
+                     reference=reference or None)
   for ev in evals.values():
     ev.figures(workdir)
   if method.generate is not None:

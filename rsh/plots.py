@@ -77,7 +77,8 @@ def map_vs_steps(history: list[dict], path, k: int = 100, series: dict | None = 
           ax.plot(s, m, style, color=colour, label=f"{name} ({kind})", markersize=4)
     for j, (name, metrics) in enumerate((reference or {}).items()):
       if metrics and metric in metrics:
-        ax.axhline(metrics[metric], color="0.3", linestyle=(0, (1 + j, 2)), linewidth=1.2,
+        ax.axhline(metrics[metric], color="0.3" if j == 0 else f"C{len(series) + j}",
+                   linestyle=(0, (1 + j, 2)), linewidth=1.2,
                    label=f"{name} ({metrics[metric]:.3f})")
     ax.set_xlabel("training step")
     ax.set_ylabel(title.split(" (")[0])
