@@ -25,10 +25,13 @@ from rsh.data.dataset import register
 from rsh.data.dataset import Source
 from rsh.data.dataset import SOURCES
 from rsh.data.dataset import subsample
-# The sources register themselves on import, in this order (folder, tfds, demo).
+# The sources register themselves on import, in this order (folder, tfds, demo,
+# bigearthnet, demo_crossmodal).
 from rsh.data import eurosat_folder  # noqa: F401  "folder"
 from rsh.data import tfds_eurosat  # noqa: F401  "tfds"
 from rsh.data import demo  # noqa: F401  "demo"
+from rsh.data import bigearthnet  # noqa: F401  "bigearthnet"
+from rsh.data import demo_crossmodal  # noqa: F401  "demo_crossmodal"
 from rsh.data.demo import CLASS_NAMES as EUROSAT_CLASSES
 from rsh.data.tfds_eurosat import TFDS_EUROSAT_ALL_BANDS
 from rsh.data.tfds_eurosat import TFDS_EUROSAT_RGB_BANDS

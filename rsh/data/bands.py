@@ -111,26 +111,29 @@ def _check_finite(x, xp, what: str):
     raise DataError(f"{what}: input has non-finite values (NaN or inf)")
 
 
-def normalise(x):
+def normalise(x, max_dn: int = MAX_DN):
   """Raw digital numbers -> float32 reflectance-like values in [0, 1].
 
   Args:
     x: uint16 (or any real dtype) array of any shape, numpy or jax.
+    max_dn: the saturation level: 4095 for EuroSAT's 12-bit L1C digital
+      numbers; Sentinel-2 L2A reflectances x 10,000 (BigEarthNet) need 10000,
+      as a third of their NIR values exceed 4095.
 
   Returns:
-    float32 array of the same shape and kind: `min(max(x, 0), 4095) / 4095`.
+    float32 array of the same shape and kind: `min(max(x, 0), max_dn) / max_dn`.
   """
   jnp = _jnp_for(x)
   if jnp is not None:
     _check_finite(x, jnp, "normalise")
-    return jnp.clip(x.astype(jnp.float32), 0, MAX_DN) / jnp.float32(MAX_DN)
+    return jnp.clip(x.astype(jnp.float32), 0, max_dn) / jnp.float32(max_dn)
   x = np.asarray(x)
   _check_finite(x, np, "normalise")
   if x.dtype.kind == "u":
-    out = np.minimum(x, MAX_DN).astype(np.float32)
+    out = np.minimum(x, max_dn).astype(np.float32)
   else:
-    out = np.clip(x, 0, MAX_DN).astype(np.float32)
-  out /= np.float32(MAX_DN)
+    out = np.clip(x, 0, max_dn).astype(np.float32)
+  out /= np.float32(max_dn)
   return out
 
 

@@ -1,9 +1,11 @@
 """The on-disk cache of loaded datasets: `<root>/data/<kind>-<key digest>/`.
 
 An entry holds `images.npy`, `labels.npy` and `meta.json` (class and band
-names, source, files). It is written atomically, so a reader sees a complete
-entry or none; a damaged or outdated one is ignored (and rewritten by the
-loader), never an error.
+names, source, files), plus one `view_<name>.npy` per `Dataset.views` entry and
+`splits.npz` when the dataset has them (`meta.json` lists both; an entry
+written before they existed reads as views=None, splits=None). It is written
+atomically, so a reader sees a complete entry or none; a damaged or outdated
+one is ignored (and rewritten by the loader), never an error.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 
@@ -53,8 +56,17 @@ def read(path: pathlib.Path | None) -> Dataset | None:
     labels = np.load(path / "labels.npy", allow_pickle=False)
     if meta.get("version") != _CACHE_VERSION:
       return None
+    views = None
+    if meta.get("views") is not None:
+      views = {name: np.load(path / file, allow_pickle=False)
+               for name, file in meta["views"].items()}
+    splits = None
+    if meta.get("splits") is not None:
+      with np.load(path / "splits.npz", allow_pickle=False) as z:
+        splits = {name: z[f"arr_{i}"] for i, name in enumerate(meta["splits"])}
     ds = Dataset(images, labels, tuple(meta["class_names"]), tuple(meta["band_names"]),
-                 meta["source"], None if meta["files"] is None else tuple(meta["files"]))
+                 meta["source"], None if meta["files"] is None else tuple(meta["files"]),
+                 views=views, splits=splits)
   except (OSError, ValueError, KeyError, TypeError) as e:
     # A damaged cache is only a lost shortcut: read the source again.
     log.warning("ignoring unreadable cache %s (%s)", path, e)
@@ -74,9 +86,18 @@ def write(path: pathlib.Path | None, ds: Dataset) -> None:
     os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     np.save(tmp / "images.npy", ds.images, allow_pickle=False)
     np.save(tmp / "labels.npy", ds.labels, allow_pickle=False)
+    views = None
+    if ds.views is not None:
+      views = {name: _view_file(i, name) for i, name in enumerate(ds.views)}
+      for name, file in views.items():
+        np.save(tmp / file, np.asarray(ds.views[name]), allow_pickle=False)
+    if ds.splits is not None:
+      # Positional (arr_0, arr_1, ...) in meta's order: any split name round-trips.
+      np.savez(tmp / "splits.npz", *(np.asarray(idx) for idx in ds.splits.values()))
     (tmp / "meta.json").write_text(json.dumps(dict(
         version=_CACHE_VERSION, class_names=ds.class_names, band_names=ds.band_names,
-        source=ds.source, files=ds.files, shape=list(ds.images.shape))))
+        source=ds.source, files=ds.files, shape=list(ds.images.shape), views=views,
+        splits=None if ds.splits is None else list(ds.splits))))
     if path.exists():  # a stale or damaged entry under the same key
       shutil.rmtree(path, ignore_errors=True)
     # The directory appears complete or not at all, even if we are killed.
@@ -89,3 +110,10 @@ def write(path: pathlib.Path | None, ds: Dataset) -> None:
   finally:
     if tmp is not None:
       shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _view_file(i: int, name: str) -> str:
+  """`view_<name>.npy`, or `view.<i>.npy` for a name that is no plain file name."""
+  if re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    return f"view_{name}.npy"
+  return f"view.{i}.npy"

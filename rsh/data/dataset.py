@@ -3,8 +3,10 @@
 Every source returns the same `Dataset` of raw digital numbers, with the band
 order of its last axis stated in `band_names`: never assumed downstream. A
 source is a module that registers its loader here by name (`register`):
-`rsh.data.eurosat_folder` ("folder"), `rsh.data.tfds_eurosat` ("tfds") and
-`rsh.data.demo` ("demo"); `rsh.data` imports them all.
+`rsh.data.eurosat_folder` ("folder"), `rsh.data.tfds_eurosat` ("tfds"),
+`rsh.data.demo` ("demo"), `rsh.data.bigearthnet` ("bigearthnet") and
+`rsh.data.demo_crossmodal` ("demo_crossmodal"); `rsh.data` imports them all.
+A source declares the `load` options only it takes (`register(options=)`).
 """
 
 from __future__ import annotations
@@ -126,73 +128,120 @@ class Source:
   `load(source=, sub=, dir=, cache_dir=, seed=, n_per_class=, progress=, **options)`
   returns the `Dataset` (`sub` is what follows ':' in the source name, e.g.
   "eurosat/rgb" of "tfds:eurosat/rgb"; `options` are those of `options` that
-  the caller set).
+  the caller set, i.e. not None).
   """
   name: str
   load: Callable[..., Dataset]
   options: tuple[str, ...] = ()
 
 
-# name -> Source, in registration order ("folder", "tfds", "demo").
+# name -> Source, in registration order ("folder", "tfds", "demo", ...).
 SOURCES: dict[str, Source] = {}
-# `load` options that only some sources take.
-_OPTIONS = ("split", "band_names")
+# What every loader is given: no source option may take one of these names.
+_COMMON = ("source", "sub", "dir", "cache_dir", "seed", "n_per_class", "progress")
 
 
 def register(name: str, *, options: Sequence[str] = ()):
-  """Decorator: registers a loader as source `name` (see `Source`)."""
-  unknown = set(options) - set(_OPTIONS)
-  if unknown:
-    raise ValueError(f"source {name!r}: unknown options {sorted(unknown)}; known: {_OPTIONS}")
+  """Decorator: registers a loader as source `name` (see `Source`).
+
+  Args:
+    name: the source name `load` dispatches on.
+    options: the names of the `load` keyword options this source takes
+      (e.g. ("split",)); `load` refuses them for every other source.
+  """
+  options = tuple(options)
+  clash = [o for o in options if o in _COMMON or not str(o).isidentifier()]
+  if clash:
+    raise ValueError(f"source {name!r}: options {clash} must be identifiers other than "
+                     f"the arguments every source takes ({', '.join(_COMMON)})")
 
   def decorate(fn):
-    SOURCES[name] = Source(name, fn, tuple(options))
+    SOURCES[name] = Source(name, fn, options)
     return fn
 
   return decorate
+
+
+def known_options() -> tuple[str, ...]:
+  """Every `load` option some registered source takes, sorted."""
+  return tuple(sorted({o for s in SOURCES.values() for o in s.options}))
+
+
+def check_options(source: str, *, n_per_class: int | None = None, **options) -> dict:
+  """The `load` options that apply, checked against what `source` takes.
+
+  Args:
+    source: a source name, as for `load`.
+    n_per_class: checked to be >= 1 when given.
+    **options: source options; None means "not given".
+
+  Returns:
+    {option: value} of the options given (not None).
+
+  Raises:
+    DataError: an unknown source, an option no source takes (listing the known
+      ones), an option another source takes ("X only applies to source=..."),
+      or n_per_class < 1.
+  """
+  kind = str(source).partition(":")[0]
+  if kind not in SOURCES:
+    raise DataError(f"unknown data source {source!r}; known: {', '.join(SOURCES)}")
+  unknown = [o for o in options if o not in known_options()]
+  if unknown:
+    raise DataError(f"unknown load option{'s' * (len(unknown) > 1)} {', '.join(unknown)}; "
+                    f"known: {', '.join(known_options())}")
+  given = {}
+  for option, value in options.items():
+    if value is None:
+      continue
+    if option not in SOURCES[kind].options:
+      takers = "/".join(s.name for s in SOURCES.values() if option in s.options)
+      shown = f"split={value!r}" if option == "split" else option
+      raise DataError(f"{shown} only applies to source={takers}, not {source!r}")
+    given[option] = value
+  if n_per_class is not None and int(n_per_class) < 1:
+    raise DataError(f"n_per_class must be >= 1, not {n_per_class}")
+  return given
 
 
 def load(source: str, *, dir: str | os.PathLike | None = None,
          cache_dir: str | os.PathLike | bool | None = None, seed: int = 0,
          n_per_class: int | None = None, split: str | None = None,
          band_names: Sequence[str] | str | None = None,
-         progress: bool | None = None) -> Dataset:
+         progress: bool | None = None, **options) -> Dataset:
   """Loads a dataset.
 
   Args:
-    source: "folder" (`dir/<Class>/*.tif`), "demo" (procedural, no files), or
-      "tfds" = "tfds:eurosat/all" / "tfds:eurosat/rgb" (`dir` is the tfds data dir).
-    dir: the data folder (folder) or tfds data_dir (tfds; default tfds's own).
-    cache_dir: cache root for folder and tfds reads: None = $RSH_CACHE_DIR or
-      ~/.cache/rsh; False or "none" = no cache.
-    seed: the demo's seed, and which images `n_per_class` keeps.
+    source: "folder" (`dir/<Class>/*.tif`), "demo" (procedural, no files),
+      "tfds" = "tfds:eurosat/all" / "tfds:eurosat/rgb" (`dir` is the tfds data dir),
+      "bigearthnet" (`dir` holds the BigEarthNet S2 and S1 roots,
+      `rsh.data.bigearthnet`) or "demo_crossmodal" (procedural S2 / S1 pairs).
+    dir: the data folder (folder, bigearthnet) or tfds data_dir (tfds; default
+      tfds's own).
+    cache_dir: cache root for folder, tfds and bigearthnet reads: None =
+      $RSH_CACHE_DIR or ~/.cache/rsh; False or "none" = no cache.
+    seed: the demos' seed, and which images `n_per_class` (or bigearthnet's
+      `limit`) keeps.
     n_per_class: demo: images per class (default 100); folder and tfds: keep at
-      most this many random images of each class (default all).
+      most this many random images of each class (default all); refused by
+      the multi-label sources.
     split: tfds split (default "train", the only one EuroSAT has); only tfds.
     band_names: folder only: the band order of the files, when they are not
       13-band EuroSAT-MS GeoTIFFs.
     progress: show a progress bar while reading files (default: when many, on a tty).
+    **options: options only some sources take (`Source.options`), e.g.
+      bigearthnet's `bands`, `size`, `exclude`, `countries`, `limit`; None
+      means not given. An option no source takes, or one another source takes,
+      is a DataError.
 
   Returns:
     A `Dataset`, classes in label order, images in file order within a class.
   """
+  given = check_options(source, n_per_class=n_per_class, split=split,
+                        band_names=band_names, **options)
   kind, _, sub = str(source).partition(":")
-  if kind not in SOURCES:
-    raise DataError(f"unknown data source {source!r}; known: {', '.join(SOURCES)}")
-  given = {"split": split, "band_names": band_names}
-  options = {}
-  for option in _OPTIONS:
-    if given[option] is None:
-      continue
-    if option not in SOURCES[kind].options:
-      takers = "/".join(s.name for s in SOURCES.values() if option in s.options)
-      shown = f"split={split!r}" if option == "split" else option
-      raise DataError(f"{shown} only applies to source={takers}, not {source!r}")
-    options[option] = given[option]
-  if n_per_class is not None and int(n_per_class) < 1:
-    raise DataError(f"n_per_class must be >= 1, not {n_per_class}")
   return SOURCES[kind].load(source=str(source), sub=sub, dir=dir, cache_dir=cache_dir,
-                            seed=seed, n_per_class=n_per_class, progress=progress, **options)
+                            seed=seed, n_per_class=n_per_class, progress=progress, **given)
 
 
 def subsample(ds: Dataset, n_per_class: int, seed: int = 0) -> Dataset:

@@ -46,6 +46,7 @@ class Prepared:
   band_names: tuple[str, ...]
   split: rsplit.Split
   feature_options: dict = dataclasses.field(default_factory=dict)  # features.extract kwargs
+  max_dn: int = rbands.MAX_DN     # the pixels view's saturation level (`bands.normalise`)
   _views: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
@@ -70,7 +71,8 @@ class Prepared:
 
   def signed(self, idx) -> np.ndarray:
     """f32[len(idx), 64, 64, c] in [-1, 1]: what the networks see."""
-    return np.asarray(rbands.to_signed(rbands.normalise(self.images[idx])), np.float32)
+    return np.asarray(rbands.to_signed(rbands.normalise(self.images[idx], self.max_dn)),
+                      np.float32)
 
   # ----------------------------------------------------------------------- views
 
@@ -123,7 +125,7 @@ class Prepared:
   @functools.cached_property
   def train_x(self) -> np.ndarray:
     """f32[n_train, 64, 64, c] in [-1, 1], held in memory: batches are cut from it."""
-    return rbands.to_signed(rbands.normalise(self.images[self.split.train]))
+    return rbands.to_signed(rbands.normalise(self.images[self.split.train], self.max_dn))
 
   def rgb(self, idx) -> np.ndarray | None:
     """f32[len(idx), 64, 64, 3] in [0, 1] (B04 B03 B02), or None without them."""
@@ -157,21 +159,58 @@ class _Lazy:
     return self.prepared.signed(self.idx[s])
 
 
+def official_split(ds, n_query: int | None, n_train: int | None, seed: int) -> rsplit.Split:
+  """The sets a source ships (`Dataset.splits` "train", "val", "test"): queries
+  from "test" (a seeded `n_query` of them, None = all), the archive "train" +
+  "val", training on "train" (a seeded `n_train` of it, None = all)."""
+  shipped = ds.splits or {}
+  missing = [s for s in ("train", "val", "test") if s not in shipped]
+  if missing:
+    raise ValueError(f"config.data.split='official' needs the source's train / val / test "
+                     f"sets; {ds.source} ships {sorted(shipped) or 'none'}")
+  rng = lambda stream: np.random.default_rng((int(seed), 2**34 + stream))
+  def take(idx, k, stream, what):
+    idx = rng(stream).permutation(np.sort(np.asarray(idx, np.int64)))
+    if k is None:
+      return idx
+    if not 1 <= int(k) <= len(idx):
+      raise ValueError(f"{what}={k}: the official set has {len(idx)} patches")
+    return idx[:int(k)]
+  query = take(shipped["test"], n_query, 0, "config.data.n_query")
+  archive = rng(1).permutation(np.sort(np.concatenate(
+      [np.asarray(shipped["train"], np.int64), np.asarray(shipped["val"], np.int64)])))
+  train = take(shipped["train"], n_train, 2, "config.data.n_train")
+  if not len(query) or not len(archive) or not len(train):
+    raise ValueError(f"{ds.source}: an empty official set (test {len(query)}, "
+                     f"train + val {len(archive)}, train {len(train)})")
+  return rsplit.Split(query, archive, train)
+
+
 def prepare(config) -> Prepared:
   """Loads `config.data`, selects its bands and makes the seeded split.
 
   Class labels get the paper split (per class `n_query` queries, `n_train`
   training images); multi-hot labels a seeded random one (`n_query` queries
-  in all, `n_train` training images in all, None = the whole archive).
+  in all, `n_train` training images in all, None = the whole archive);
+  `config.data.split="official"` the sets the source ships (`official_split`).
+  `config.data.options` are the source's own load options (e.g. bigearthnet's
+  `countries`, `exclude`, `bands`).
   """
   from rsh.data import load  # the source registry
   d = config.data
+  source_options = {k: (tuple(v) if isinstance(v, list) else v)
+                    for k, v in dict(d.get("options") or {}).items() if v is not None}
   ds = load(d.source, dir=d.get("dir"), cache_dir=d.get("cache_dir"),
-            seed=config.seed, n_per_class=d.get("n_per_class"))
+            seed=config.seed, n_per_class=d.get("n_per_class"), **source_options)
   bands = rbands.resolve_bands(d.bands)
   sel = rbands.band_indices(ds.band_names, bands)
   labels = np.asarray(ds.labels)
-  if labels.ndim == 2:
+  kind = d.get("split", "random")
+  if kind == "official":
+    split = official_split(ds, d.get("n_query"), d.get("n_train"), config.seed)
+  elif kind != "random":
+    raise ValueError(f"config.data.split must be 'random' or 'official', not {kind!r}")
+  elif labels.ndim == 2:
     split = rsplit.random_split(len(labels), d.n_query, d.get("n_train"), config.seed)
   else:
     split = rsplit.paper_split(labels, d.n_query, d.get("n_train"), config.seed)
@@ -180,6 +219,7 @@ def prepare(config) -> Prepared:
            len(split.query), len(split.archive), len(split.train))
   options = {"weights": d.get("weights")} if d.get("weights") else {}
   out = Prepared(dataset=ds, images=ds.images[..., sel], labels=ds.labels,
-                 band_names=tuple(bands), split=split, feature_options=options)
+                 band_names=tuple(bands), split=split, feature_options=options,
+                 max_dn=int(d.get("max_dn", rbands.MAX_DN)))
   out.view_name(d.get("input"))  # an unknown view is named before anything is trained
   return out
