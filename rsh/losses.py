@@ -2,7 +2,8 @@
 
 Two layers:
   1. Array functions (`generator_adversarial_loss`, `discriminator_adversarial_loss`,
-     `binary_loss`, `semantic_loss`): pure, jittable, differentiable, no state.
+     `binary_loss`, `semantic_loss`; the cross-modal S1 / S2 terms in
+     `rsh.losses_crossmodal`): pure, jittable, differentiable, no state.
   2. Terms bound to their inputs by the config (kauldron's keyed losses):
        config.losses.semantic = dict(weight=0.1, on="discriminator",
                                      codes="real_hash", similarity="similarity")
@@ -24,6 +25,12 @@ Keys the built-in terms read by default:
 UAHM's step also offers `real_feature`, `real_image` and `fake_hash`,
 `fake_feature`, `fake_image` (D-side terms see real_* and fake_*, G-side terms
 fake_*, differentiable in G's parameters).
+The cross-modal terms (pairwise, quantisation, bit_balance, nt_xent, infonce,
+angular, intra_topk, gradient_penalty) read by default:
+  s1_hash, s2_hash:       f32[b, l]  the two encoders' tanh codes of each pair;
+  s1_feature, s2_feature: f32[b, d]  their features (pre-hash representations);
+  labels:                 [b, c]     multi-hot labels (a batch input);
+  grad_norms:             f32[b]     norms of D's input gradients (WGAN-GP).
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rsh import losses_crossmodal as cm
 
 Array = jax.Array
 
@@ -170,6 +179,17 @@ LOSSES: Mapping[str, Term] = types.MappingProxyType({
     "adversarial_g": Term(generator_adversarial_loss, {"fake_logits": "fake_logit"}),
     "binary": Term(binary_loss, {"codes": "real_hash"}),
     "semantic": Term(semantic_loss, {"codes": "real_hash", "similarity": "similarity"}),
+    # Cross-modal S1 / S2 hashing (rsh/losses_crossmodal.py).
+    "pairwise": Term(cm.pairwise_similarity_loss,
+                     {"codes_a": "s1_hash", "codes_b": "s2_hash",
+                      "labels_a": "labels", "labels_b": "labels"}),
+    "quantisation": Term(cm.quantisation_loss, {"codes": "s1_hash"}),
+    "bit_balance": Term(cm.bit_balance_loss, {"codes": "s1_hash"}),
+    "nt_xent": Term(cm.nt_xent_loss, {"a": "s1_hash", "b": "s2_hash"}),
+    "infonce": Term(cm.infonce_loss, {"a": "s1_feature", "b": "s2_feature"}),
+    "angular": Term(cm.angular_loss, {"a": "s1_feature", "b": "s2_feature"}),
+    "intra_topk": Term(cm.intra_topk_loss, {"x": "s1_feature"}),
+    "gradient_penalty": Term(cm.gradient_penalty_loss, {"grad_norms": "grad_norms"}),
 })
 
 

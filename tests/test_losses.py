@@ -212,7 +212,7 @@ def _bind(config, **kw):
 
 def test_bound_terms_are_the_equations(step_values):
   o = {k: np.asarray(v) for k, v in step_values.items()}
-  assert set(losses.LOSSES) == {"adversarial_d", "adversarial_g", "binary", "semantic"}
+  assert {"adversarial_d", "adversarial_g", "binary", "semantic"} <= set(losses.LOSSES)
   bound = _bind(D_CONFIG)
   assert [b.name for b in bound["discriminator"]] == ["adversarial_d", "binary", "semantic"]
   assert [b.name for b in bound["generator"]] == ["adversarial_g"]
