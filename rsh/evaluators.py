@@ -39,6 +39,15 @@ class Context:
   data: Any                                          # rsh.data.Prepared
   encode: Callable[[Any, Any], Mapping[str, np.ndarray]]
   ssm: Callable[[], tuple[np.ndarray, dict]]         # the training SSM, built once
+  encoders: Mapping[str, Callable] | None = None     # per view (one network per modality)
+
+  def encoder(self, view: str) -> Callable[[Any, Any], Mapping[str, np.ndarray]]:
+    """The encoder of a view: the method's one for it, else its only one."""
+    if self.encoders is None:
+      return self.encode
+    if view not in self.encoders:
+      raise ValueError(f"the method encodes the views {', '.join(self.encoders)}, not {view!r}")
+    return self.encoders[view]
 
 
 class Evaluator:
@@ -86,25 +95,36 @@ class Retrieval(Evaluator):
   ranking (`nonbinary/...`). The unprefixed numbers (`map@100`, ...) are the
   codes' when there are codes, else the vectors'. Outside the final
   evaluation, class-wise metrics carry class indices instead of names.
+  `input` is the view both sides are encoded from (default: the one the
+  method trains on); `query_input` / `archive_input` set one side each, e.g.
+  S1 queries against an S2 archive. `prefix` goes before every metric name
+  in results.json's `metrics` (needed when several retrieval entries run).
   """
-  options = ("query", "archive", "codes", "vectors", "input")
+  options = ("query", "archive", "codes", "vectors", "input", "query_input",
+             "archive_input", "prefix")
 
   def __init__(self, name, cfg, ctx):
     super().__init__(name, cfg, ctx)
     self.query, self.archive = self.cfg.get("query", "query"), self.cfg.get("archive", "archive")
     self.codes, self.vectors = self.cfg.get("codes"), self.cfg.get("vectors")
+    self.prefix = str(self.cfg.get("prefix", ""))
     if not (self.codes or self.vectors):
       raise ValueError(f"config.evals.{name} needs codes= or vectors= (an encoder output)")
     for s in (self.query, self.archive):
       ctx.data.indices(s)  # a clear error for an unknown set, before training
     # The view the encoder reads: the one the method trains on unless set.
     self.input = ctx.data.view_name(self.cfg.get("input", ctx.config.data.get("input")))
+    self.query_input = ctx.data.view_name(self.cfg.get("query_input", self.input))
+    self.archive_input = ctx.data.view_name(self.cfg.get("archive_input", self.input))
+    for view in (self.query_input, self.archive_input):
+      if ctx.encoders is not None:
+        ctx.encoder(view)  # a view the method has no encoder for, before training
     self.last = None
 
   def run(self, state, final):
     data = self.ctx.data
-    q_out = self.ctx.encode(state, data.x(self.query, self.input))
-    a_out = self.ctx.encode(state, data.x(self.archive, self.input))
+    q_out = self.ctx.encoder(self.query_input)(state, data.x(self.query, self.query_input))
+    a_out = self.ctx.encoder(self.archive_input)(state, data.x(self.archive, self.archive_input))
     for key in filter(None, (self.codes, self.vectors)):
       if key not in q_out:
         raise ValueError(f"config.evals.{self.name}: the encoder has no output {key!r}; "
@@ -136,7 +156,8 @@ class Retrieval(Evaluator):
     key = self.codes or self.vectors
     plots.retrievals(self.ctx.data, q_out[key], a_out[key], workdir / f"retrievals{suffix}.png",
                      binary=bool(self.codes), seed=self.ctx.config.seed,
-                     query=self.query, archive=self.archive)
+                     query=self.query, archive=self.archive,
+                     query_view=self.query_input, archive_view=self.archive_input)
 
 
 class Shallow(Evaluator):
@@ -191,6 +212,86 @@ class Itq(Shallow):
   kind = "itq"
 
 
+class CcaItq(Evaluator):
+  """CCA-ITQ (`rsh.shallow.fit_cca_itq`): the shallow cross-modal baseline.
+
+  Fitted on the training rows of two paired views (`pair`, default the
+  method's `config.data.inputs`, e.g. S1 and S2 pixels), each averaged down
+  to `pool` x `pool` pixels (default 8) and flattened; then `query_input`
+  queries against the `archive_input` archive, each hashed by its view's
+  projection. `bits`, `seed`, `iterations` as for ITQ; `reg` the CCA's ridge
+  (default 1.0, `rsh.shallow.fit_cca_itq`). Computed once per run.
+  """
+  section, in_loop = "baselines", False
+  options = ("query", "archive", "query_input", "archive_input", "pair", "pool", "bits",
+             "seed", "iterations", "reg")
+
+  def __init__(self, name, cfg, ctx):
+    super().__init__(name, cfg, ctx)
+    self.query, self.archive = self.cfg.get("query", "query"), self.cfg.get("archive", "archive")
+    for s in (self.query, self.archive):
+      ctx.data.indices(s)
+    pair = self.cfg.get("pair") or tuple(dict(ctx.config.data.get("inputs") or {}).values())
+    if len(pair) != 2:
+      raise ValueError(f"config.evals.{name}.pair must name two paired views, got {pair!r}")
+    self.pair = tuple(ctx.data.view_name(v) for v in pair)
+    self.sides = tuple(ctx.data.view_name(self.cfg.get(k, self.pair[i]))
+                       for i, k in enumerate(("query_input", "archive_input")))
+    for view in self.sides:
+      if view not in self.pair:
+        raise ValueError(f"config.evals.{name}: view {view!r} is not one of the pair {self.pair}")
+    self.result = None
+
+  def run(self, state, final):
+    del state, final
+    if self.result is None:
+      c, data = self.ctx.config, self.ctx.data
+      pool = self.cfg.get("pool", 8)
+      rows = lambda s, v: shallow.pool_rows(data.x(s, v) if s != "train" else data.train_rows(v),
+                                            pool)
+      hashes = dict(zip(self.pair, shallow.fit_cca_itq(
+          rows("train", self.pair[0]), rows("train", self.pair[1]),
+          int(self.cfg.get("bits", c.model.bits)), int(self.cfg.get("seed", c.seed + 1)),
+          int(self.cfg.get("iterations", 50)), float(self.cfg.get("reg", 1.0)))))
+      codes = lambda s, v: hamming.pack_codes(shallow.project(hashes[v], rows(s, v)) >= 0)
+      q, a = data.indices(self.query), data.indices(self.archive)
+      res = _protocol(self, codes(self.query, self.sides[0]), codes(self.archive, self.sides[1]),
+                      data.labels[q], data.labels[a], final=True)
+      self.result = {k: v for k, v in res.items() if np.ndim(v) == 0}
+    return self.result
+
+
+class RandomCodes(Evaluator):
+  """Random sign codes for the query and archive sets: the chance level.
+
+  Each image gets `bits` (default `config.model.bits`) fair random bits from
+  `seed` (default `config.seed + 2`); every direction of a cross-modal run
+  must beat it. Computed once per run.
+  """
+  section, in_loop = "baselines", False
+  options = ("query", "archive", "bits", "seed")
+
+  def __init__(self, name, cfg, ctx):
+    super().__init__(name, cfg, ctx)
+    self.query, self.archive = self.cfg.get("query", "query"), self.cfg.get("archive", "archive")
+    for s in (self.query, self.archive):
+      ctx.data.indices(s)
+    self.result = None
+
+  def run(self, state, final):
+    del state, final
+    if self.result is None:
+      c, data = self.ctx.config, self.ctx.data
+      bits = int(self.cfg.get("bits", c.model.bits))
+      rng = np.random.default_rng(int(self.cfg.get("seed", c.seed + 2)))
+      q, a = data.indices(self.query), data.indices(self.archive)
+      codes = lambda n: hamming.pack_codes(rng.random((n, bits)) < 0.5)
+      res = _protocol(self, codes(len(q)), codes(len(a)), data.labels[q], data.labels[a],
+                      final=True)
+      self.result = {k: v for k, v in res.items() if np.ndim(v) == 0}
+    return self.result
+
+
 class SsmQuality(Evaluator):
   """How well the training SSM agrees with the labels (accuracy, IoU), and its sizes."""
   prefix, in_loop = "ssm/", False
@@ -209,6 +310,8 @@ EVALUATORS: Mapping[str, type] = {
     "random_projection": Shallow,   # LSH on pixels, its first name
     "lsh": Shallow,
     "itq": Itq,
+    "random_codes": RandomCodes,
+    "cca_itq": CcaItq,
     "ssm_quality": SsmQuality,
 }
 

@@ -40,15 +40,27 @@ from rsh import train as rtrain
 log = logging.getLogger(__name__)
 
 
+Encode = Callable[[Any, Any], Mapping[str, np.ndarray]]   # (state, rows) -> {name: f32[n, l]}
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """What a method gives the runner (see the module docstring)."""
+  """What a method gives the runner (see the module docstring).
+
+  `encoders` (optional): one encoder per data view, for methods with one
+  network per modality (evaluators encode a set through the encoder of the
+  view they read); `encode` is then the default. `batch_views` (optional):
+  {batch key: view} when the batch holds more than `x` (e.g. `{"s1": "s1",
+  "s2": "pixels"}`, rows of the same pairs).
+  """
   init: Callable[[jax.Array], Any]
   step: rtrain.StepFn
-  encode: Callable[[Any, Any], Mapping[str, np.ndarray]]
+  encode: Encode
   terms: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # losses.bind(...)
   generate: Callable[[Any, int, int], np.ndarray] | None = None
   figures: Callable[[Any, pathlib.Path], None] | None = None
+  encoders: Mapping[str, Encode] | None = None
+  batch_views: Mapping[str, str] | None = None
 
 
 def training_ssm(config, data: rdata.Prepared) -> tuple[np.ndarray, dict]:
@@ -82,9 +94,18 @@ def training_ssm(config, data: rdata.Prepared) -> tuple[np.ndarray, dict]:
                   "k1": k1, "k2": k2}
 
 
-# Batch inputs a loss term may read: key -> fn(ssm, batch indices) -> rows.
-BATCH_INPUTS: Mapping[str, Callable[[Callable[[], Any], np.ndarray], np.ndarray]] = {
-    "similarity": lambda ssm, idx: similarity.ssm_rows(ssm()[0], idx),
+@dataclasses.dataclass(frozen=True)
+class BatchSource:
+  """What a batch input is cut from: the prepared data and the (lazy) training SSM."""
+  data: rdata.Prepared
+  ssm: Callable[[], tuple[np.ndarray, dict]]
+
+
+# Batch inputs a loss term may read: key -> fn(BatchSource, batch rows of the
+# training set) -> rows of the input.
+BATCH_INPUTS: Mapping[str, Callable[[BatchSource, np.ndarray], np.ndarray]] = {
+    "similarity": lambda src, idx: similarity.ssm_rows(src.ssm()[0], idx),
+    "labels": lambda src, idx: np.asarray(src.data.labels[src.data.split.train[idx]]),
 }
 
 
@@ -176,13 +197,17 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
     t0 = time.time()
     ssm()
     timings["ssm"] = round(time.time() - t0, 2)
-  x_train = data.train_rows(config.data.get("input"))
+  rows = {key: data.train_rows(view) for key, view in (
+      method.batch_views or {"x": config.data.get("input")}).items()}
+  source = BatchSource(data, ssm)
 
   def batch_fn(step: int) -> dict[str, np.ndarray]:
-    idx = rdata.batch_at(np.arange(len(x_train)), batch_size, config.seed, step)
-    return {"x": x_train[idx], **{k: fn(ssm, idx) for k, fn in inputs.items()}}
+    idx = rdata.batch_at(np.arange(n_train), batch_size, config.seed, step)
+    return {**{key: x[idx] for key, x in rows.items()},
+            **{k: fn(source, idx) for k, fn in inputs.items()}}
 
-  ctx = revals.Context(config=config, data=data, encode=method.encode, ssm=ssm)
+  ctx = revals.Context(config=config, data=data, encode=method.encode, ssm=ssm,
+                       encoders=method.encoders)
   evals = revals.build(config.get("evals", {}), ctx, extra=evaluators)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)

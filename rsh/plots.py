@@ -102,22 +102,53 @@ def image_grid(images: np.ndarray, band_names, path, ncol: int = 8) -> None:
   _save(fig, path)
 
 
+def _thumbnail(prepared, view: str, row: int) -> np.ndarray:
+  """f32[h, w, 3] of one row of a view: S2 pixels as true colour, a 2-channel
+  radar view (VV, VH in dB) as false colour (VV, VH, VV - VH)."""
+  if view == "pixels":
+    return composite(prepared.images[row].astype(np.float32), prepared.band_names)
+  x = np.asarray(prepared.view(view)[row], np.float32)
+  if x.ndim != 3:
+    return np.zeros((8, 8, 3), np.float32)  # a vector view has no picture
+  if x.shape[-1] == 2:
+    x = np.concatenate([x, x[..., :1] - x[..., 1:]], axis=-1)
+  return _stretch(x[..., :3] if x.shape[-1] >= 3 else np.repeat(x[..., :1], 3, -1))
+
+
+def _label_text(labels, names, width: int = 28) -> str:
+  if np.ndim(labels) == 0:
+    return names[int(labels)]
+  text = ", ".join(names[i] for i in np.flatnonzero(labels))
+  return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def retrievals(prepared, query_repr: np.ndarray, archive_repr: np.ndarray, path,
                binary: bool, max_classes: int = 10, top: int = 10, seed: int = 0,
-               query: str = "query", archive: str = "archive") -> None:
+               query: str = "query", archive: str = "archive",
+               query_view: str = "pixels", archive_view: str = "pixels") -> None:
   """Top-10 retrievals of one random query per class (at most `max_classes`).
 
-  Green frame = same class as the query. One query per class, drawn by the
-  seed, shows every class's behaviour rather than whichever few classes a
-  random draw of queries happens to hit. `query` / `archive` name the sets
-  of `prepared` the representations belong to.
+  Green frame = relevant: the query's class, or for multi-hot labels at least
+  one shared label (then each row's query is a random query holding a
+  different class, so rare classes show too). One query per class, drawn by
+  the seed, shows every class's behaviour rather than whichever few classes a
+  random draw of queries happens to hit. `query` / `archive` name the sets of
+  `prepared` the representations belong to, `query_view` / `archive_view` the
+  views they were encoded from (e.g. S1 queries, S2 archive).
   """
   from rsh import hamming, search
   rng = np.random.default_rng(seed)
   q_set, a_set = prepared.indices(query), prepared.indices(archive)
   q_labels = prepared.labels[q_set]
-  classes = np.unique(q_labels)[:max_classes]
-  picks = np.array([rng.choice(np.flatnonzero(q_labels == c)) for c in classes])
+  multi = np.ndim(q_labels) == 2
+  if multi:
+    classes = [c for c in range(q_labels.shape[1]) if q_labels[:, c].any()][:max_classes]
+    holders = lambda c: np.flatnonzero(q_labels[:, c])
+  else:
+    classes = np.unique(q_labels)[:max_classes]
+    holders = lambda c: np.flatnonzero(q_labels == c)
+  picks = np.array([rng.choice(holders(c)) for c in classes])
+  top = min(top, len(a_set))  # a tiny archive shows all of it
   if binary:
     _, idx = search.search(hamming.pack_codes(query_repr[picks] >= 0),
                            hamming.pack_codes(archive_repr >= 0), top)
@@ -129,14 +160,17 @@ def retrievals(prepared, query_repr: np.ndarray, archive_repr: np.ndarray, path,
                            squeeze=False)
   for r, q in enumerate(picks):
     q_global = q_set[q]
-    qimg = prepared.images[q_global].astype(np.float32)
-    axes[r, 0].imshow(composite(qimg, prepared.band_names))
-    axes[r, 0].set_title(f"query: {names[labels[q_global]]}", fontsize=6)
+    axes[r, 0].imshow(_thumbnail(prepared, query_view, q_global))
+    axes[r, 0].set_title(f"query: {_label_text(labels[q_global], names)}", fontsize=5 if multi
+                         else 6)
     for c in range(top):
       a_global = a_set[idx[r, c]]
       ax = axes[r, c + 1]
-      ax.imshow(composite(prepared.images[a_global].astype(np.float32), prepared.band_names))
-      ok = labels[a_global] == labels[q_global]
+      ax.imshow(_thumbnail(prepared, archive_view, a_global))
+      if multi:
+        ok = bool(np.any(labels[a_global] & labels[q_global]))
+      else:
+        ok = labels[a_global] == labels[q_global]
       for spine in ax.spines.values():
         spine.set_edgecolor("tab:green" if ok else "tab:red")
         spine.set_linewidth(2.5)
@@ -144,4 +178,6 @@ def retrievals(prepared, query_repr: np.ndarray, archive_repr: np.ndarray, path,
       ax.set_yticks([])
   for ax in axes[:, 0]:
     ax.axis("off")
+  if query_view != archive_view or query_view != "pixels":
+    fig.suptitle(f"{query_view} queries -> {archive_view} archive", fontsize=8)
   _save(fig, path)

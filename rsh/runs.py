@@ -85,6 +85,9 @@ def summary_line(results: dict) -> str:
   metrics = results.get("metrics", {})
   k, n = results.get("k", 100), results.get("n", 20)
   keys = [key for key in (f"map@{k}", f"precision@{n}", f"nonbinary/map@{k}") if key in metrics]
+  # Several retrieval entries (e.g. the cross-modal directions s1_to_s2/...): each one's MAP@k.
+  keys += sorted(key for key in metrics if key.endswith(f"/map@{k}") and key.count("/") == 1
+                 and not key.startswith(("binary/", "nonbinary/", "ssm/")))
   shown = " ".join(f"{k}={results['metrics'][k]:.4f}" for k in keys)
   names = {"random_projection": "random projection"}
   base = ", ".join(f"{names.get(b, b)} {m[f'map@{k}']:.4f}"
