@@ -16,6 +16,7 @@ METHODS = {
     "uahm": "uahm",  # UAHM and its baselines GAN-RGB, GAN-MS, DHNN-MS (by config)
     "lsh": "shallow:build_lsh",  # random hyperplanes (configs/lsh.py)
     "itq": "shallow:build_itq",  # PCA + iterative quantisation (configs/itq.py)
+    "crossmodal": "crossmodal",  # S1 <-> S2 hashing (configs/crossmodal.py, sscm.py, duch.py)
 }
 
 

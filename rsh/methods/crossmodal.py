@@ -1,0 +1,176 @@
+"""Cross-modal hashing of paired Sentinel-1 / Sentinel-2 patches (SPEC §4).
+
+One CNN per modality (`rsh.models.crossmodal`), trained from scratch, each
+with a tanh hash head into the same l bits; the loss terms alone make the
+three configs:
+
+  configs/crossmodal.py  supervised: inter- and intra-modal pairwise terms on
+                         multi-label similarity, quantisation, bit balance;
+  configs/sscm.py        self-supervised (after SS-CM-RSIR): InfoNCE between
+                         the modalities, angular, intra-modal top-k cosine;
+  configs/duch.py        contrastive-adversarial (after DUCH): NT-Xent inter-
+                         and intra-modal (two augmented views), a code
+                         discriminator with gradient penalty, quantisation,
+                         bit balance.
+
+`config.data.inputs` maps each modality to its data view (`{"s1": "s1",
+"s2": "pixels"}`): the batch holds one array per modality under its name,
+rows of the same pairs. Every view is standardised per channel with the
+training set's mean and std (S1 in dB and S2 reflectances alike).
+
+Networks (`config.losses.*.on`): "encoders" (both CNNs, one optimiser) and,
+with `config.model.discriminator`, "discriminator". Keys the terms read:
+  `<m>_hash`, `<m>_feature` for each modality m (and `<m>_hash_aug`,
+  `<m>_feature_aug` of a second, augmented view when a term reads one);
+  `<m>_logit`: the discriminator's logit on m's codes (both sides);
+  `grad_norms`: |d logit / d code| at codes interpolated between the
+  modalities (discriminator side, for the gradient penalty);
+  `labels`: the pairs' multi-hot labels (a batch input, supervised terms only).
+One step: the discriminator's update on the current codes (if any), then the
+encoders' against the updated discriminator (as a GAN's G follows its D).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsh import experiment
+from rsh import losses as rlosses
+from rsh import update
+from rsh.models import crossmodal as cm
+
+NETS = ("encoders", "discriminator")
+
+
+def modalities(config, data) -> dict[str, str]:
+  """`config.data.inputs` -> {modality: canonical view name}, checked."""
+  inputs = config.data.get("inputs")
+  if not inputs or len(inputs) < 2:
+    raise ValueError("config.data.inputs must map two or more modalities to data views, "
+                     f"e.g. dict(s1='s1', s2='pixels'); got {inputs!r}")
+  return {str(m): data.view_name(v) for m, v in dict(inputs).items()}
+
+
+def channel_stats(x: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std (float64 accumulation) of f32[n, h, w, c]."""
+  c = x.shape[-1]
+  s, s2, count = np.zeros(c), np.zeros(c), 0
+  for i in range(0, len(x), chunk):
+    v = np.asarray(x[i:i + chunk], np.float64).reshape(-1, c)
+    s, s2, count = s + v.sum(0), s2 + np.square(v).sum(0), count + len(v)
+  mean = s / count
+  std = np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
+  return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def augment(x: jax.Array, rng: jax.Array, noise: float = 0.1) -> jax.Array:
+  """A random element of the dihedral group (flips, transpose) per image, plus
+  Gaussian noise of std `noise` (inputs are standardised): a second view."""
+  b = x.shape[0]
+  k_h, k_v, k_t, k_n = jax.random.split(rng, 4)
+  flag = lambda k: jax.random.bernoulli(k, 0.5, (b, 1, 1, 1))
+  x = jnp.where(flag(k_h), x[:, :, ::-1], x)
+  x = jnp.where(flag(k_v), x[:, ::-1], x)
+  x = jnp.where(flag(k_t), jnp.swapaxes(x, 1, 2), x)
+  return x + noise * jax.random.normal(k_n, x.shape, x.dtype)
+
+
+def build(config, data, terms=None) -> experiment.Method:
+  views = modalities(config, data)
+  mods = tuple(views)
+  bits = int(config.model.bits)
+  if bits % 8:
+    raise ValueError(f"config.model.bits must be a multiple of 8, got {bits}")
+  m = config.model
+  model = cm.CrossModalHasher(mods, bits, tuple(m.get("widths", (32, 64, 128))),
+                              int(m.get("feature_dim", 256)))
+  disc = cm.CodeDiscriminator(tuple(m.get("disc_hidden", (128, 64)))) if m.get(
+      "discriminator", False) else None
+  bound = rlosses.bind(config.losses, nets=NETS if disc else NETS[:1], terms=terms)
+  keys = rlosses.input_keys(bound)
+  needs_aug = any(k.endswith("_aug") for k in keys)
+  train_rows = {mod: data.train_rows(v) for mod, v in views.items()}
+  for mod, x in train_rows.items():
+    if x.ndim != 4 or x.shape[1] != x.shape[2]:
+      raise ValueError(f"modality {mod!r} (view {views[mod]!r}) must be square images "
+                       f"[n, h, h, c] for the CNN encoder, got {list(x.shape)}")
+  stats = {mod: channel_stats(x) for mod, x in train_rows.items()}
+  tx = update.optimizer(config.optim)
+  noise = float(m.get("augment_noise", 0.1))
+
+  def standardise(mod, x):
+    mean, std = stats[mod]
+    return (jnp.asarray(x, jnp.float32) - mean) / std
+
+  def init(rng):
+    k_e, k_d = jax.random.split(rng)
+    example = {mod: jnp.zeros((2,) + x.shape[1:], jnp.float32) for mod, x in train_rows.items()}
+    nets = {"encoders": update.init_net(model, tx, k_e, example)}
+    if disc is not None:
+      nets["discriminator"] = update.init_net(disc, tx, k_d, jnp.zeros((2, bits)))
+    return update.TrainState.create(nets)
+
+  def logits(params, out):
+    return {f"{mod}_logit": disc.apply({"params": params}, out[f"{mod}_hash"]) for mod in mods}
+
+  def step(state: update.TrainState, batch, rng):
+    k_aug, k_gp = jax.random.split(rng)
+    enc = state.nets["encoders"]
+    x = {mod: standardise(mod, batch[mod]) for mod in mods}
+    metrics, nets = {}, {}
+    d_params = None
+    if disc is not None:
+      d = state.nets["discriminator"]
+      out, _ = update.apply(model, enc.params, enc.batch_stats, x)
+      codes = jax.lax.stop_gradient(out)
+      a, b = codes[f"{mods[0]}_hash"], codes[f"{mods[1]}_hash"]
+      eps = jax.random.uniform(k_gp, (a.shape[0], 1))
+      mixed = eps * a + (1.0 - eps) * b
+
+      def d_forward(params):
+        one = lambda c: disc.apply({"params": params}, c[None])[0]
+        grads = jax.vmap(jax.grad(one))(mixed)
+        norms = jnp.sqrt(jnp.sum(jnp.square(grads), axis=-1) + 1e-12)
+        return {**logits(params, codes), "grad_norms": norms}, d.batch_stats
+
+      nets["discriminator"], d_metrics = update.update_net(d, tx, d_forward,
+                                                           bound["discriminator"], batch, "d")
+      metrics.update(d_metrics)
+      d_params = nets["discriminator"].params
+
+    def e_forward(params):
+      out, new_stats = update.apply(model, params, enc.batch_stats, x)
+      if needs_aug:
+        x_aug = {mod: augment(x[mod], jax.random.fold_in(k_aug, i), noise)
+                 for i, mod in enumerate(mods)}
+        out_aug, new_stats = update.apply(model, params, new_stats, x_aug)
+        out.update({f"{k}_aug": v for k, v in out_aug.items()})
+      if d_params is not None:
+        out.update(logits(d_params, out))
+      return out, new_stats
+
+    nets["encoders"], e_metrics = update.update_net(enc, tx, e_forward, bound["encoders"],
+                                                    batch, "enc")
+    metrics.update(e_metrics)
+    return update.TrainState(step=state.step + 1, nets=nets), metrics
+
+  def encoder(mod):
+    forward = jax.jit(lambda params, bstats, x: {
+        k[len(mod) + 1:]: v for k, v in model.apply(
+            {"params": params, "batch_stats": bstats}, {mod: standardise(mod, x)},
+            train=False).items()})
+
+    def encode(state, x) -> dict[str, np.ndarray]:
+      e = state.nets["encoders"]
+      return update.in_batches(lambda chunk: forward(e.params, e.batch_stats, chunk), x)
+
+    return encode
+
+  encoders: Mapping[str, experiment.Encode] = {views[mod]: encoder(mod) for mod in mods}
+  return experiment.Method(init=init, step=step, encode=encoders[views[mods[0]]],
+                           encoders=encoders, terms=bound,
+                           batch_views={mod: views[mod] for mod in mods})
