@@ -50,7 +50,6 @@ or `.sets` (they need a `fastcore` that no longer exists).
 from __future__ import annotations
 
 import bz2
-import concurrent.futures
 import csv
 import dataclasses
 import functools
@@ -622,37 +621,5 @@ def _area_mean(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def _parallel(fn, n: int, progress: bool | None, desc: str) -> list:
-  """[fn(i) for i in range(n)] in a thread pool; the first failure in index order is raised.
-
-  File reads and tifffile's decoding release the GIL, so threads scale; one bad
-  file stops the rest early rather than after a full pass.
-  """
-  out = [None] * n
-  if n == 0:
-    return out
-
-  def run(i):
-    out[i] = fn(i)
-
-  bar = None
-  if eurosat_folder.show_progress(progress, n):
-    from tqdm import tqdm
-    bar = tqdm(total=n, desc=desc, unit="patch")
-  workers = min(32, 4 * (os.cpu_count() or 1), n)
-  pool = concurrent.futures.ThreadPoolExecutor(workers)
-  try:
-    futures = {pool.submit(run, i): i for i in range(n)}
-    for f in concurrent.futures.as_completed(futures):
-      if f.exception() is not None:
-        break
-      if bar is not None:
-        bar.update()
-  finally:
-    pool.shutdown(wait=True, cancel_futures=True)
-    if bar is not None:
-      bar.close()
-  errors = {i: f.exception() for f, i in futures.items()
-            if f.done() and not f.cancelled() and f.exception() is not None}
-  if errors:
-    raise errors[min(errors)]
-  return out
+  """[fn(i) for i in range(n)] in a thread pool (`eurosat_folder.parallel_map`)."""
+  return eurosat_folder.parallel_map(fn, n, progress, desc, unit="patch")

@@ -148,6 +148,46 @@ def load_folder(dir, *, cache_dir=None, band_names=None, progress=None) -> Datas
   return ds
 
 
+def parallel_map(fn, n: int, progress: bool | None, desc: str, *, unit: str = "file",
+                 start: int = 0) -> list:
+  """[fn(i) for i in range(start, n)] in a thread pool (None below `start`); the
+  first failure in index order is raised.
+
+  tifffile and file reads release the GIL while reading and decoding, so
+  threads scale; one bad file among 27,000 stops the rest early rather than
+  after a full pass.
+  """
+  out = [None] * n
+  if n <= start:
+    return out
+
+  def run(i):
+    out[i] = fn(i)
+
+  bar = None
+  if show_progress(progress, n):
+    from tqdm import tqdm
+    bar = tqdm(total=n, initial=start, desc=desc, unit=unit)
+  workers = min(32, 4 * (os.cpu_count() or 1), n - start)
+  pool = concurrent.futures.ThreadPoolExecutor(workers)
+  try:
+    futures = {pool.submit(run, i): i for i in range(start, n)}
+    for f in concurrent.futures.as_completed(futures):
+      if f.exception() is not None:
+        break
+      if bar is not None:
+        bar.update()
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+    if bar is not None:
+      bar.close()
+  errors = {i: f.exception() for f, i in futures.items()
+            if f.done() and not f.cancelled() and f.exception() is not None}
+  if errors:
+    raise errors[min(errors)]  # of the files read, the first bad one in index order
+  return out
+
+
 def _read_all(root, paths, band_names, progress):
   """uint16[len(paths), 64, 64, b] and the band names, reading in parallel."""
   first = _read_tiff(paths[0], None)
@@ -166,26 +206,5 @@ def _read_all(root, paths, band_names, progress):
   def read(i):
     images[i] = _read_tiff(paths[i], n_bands)
 
-  bar = None
-  if show_progress(progress, len(paths)):
-    from tqdm import tqdm
-    bar = tqdm(total=len(paths), initial=1, desc=f"reading {root}", unit="file")
-  # tifffile releases the GIL while reading and decoding, so threads scale.
-  workers = min(32, 4 * (os.cpu_count() or 1))
-  pool = concurrent.futures.ThreadPoolExecutor(workers)
-  try:
-    futures = {pool.submit(read, i): i for i in range(1, len(paths))}
-    for f in concurrent.futures.as_completed(futures):
-      if f.exception() is not None:
-        break  # stop early: one bad file among 27,000 should not cost a full read
-      if bar is not None:
-        bar.update()
-  finally:
-    pool.shutdown(wait=True, cancel_futures=True)
-    if bar is not None:
-      bar.close()
-  errors = {i: f.exception() for f, i in futures.items()
-            if f.done() and not f.cancelled() and f.exception() is not None}
-  if errors:
-    raise errors[min(errors)]  # of the files read, the first bad one in file order
+  parallel_map(read, len(paths), progress, f"reading {root}", start=1)
   return images, band_names
