@@ -27,7 +27,7 @@ import numpy as np
 __all__ = [
     "pack_codes", "unpack_codes", "code_words", "num_bits", "hamming_distances",
     "distance_rows", "distance_blocks", "distance_kernel", "group_minima", "distance_dtype",
-    "check_codes", "check_pair", "check_k", "bucket", "pad_rows",
+    "check_codes", "check_pair", "check_k", "check_int", "bucket", "pad_rows",
 ]
 
 # Codes per archive block: bounds a kernel's output ([queries, block] distances, or
@@ -92,7 +92,15 @@ def unpack_codes(codes, *, signed: bool = False) -> np.ndarray:
 
 def num_bits(codes) -> int:
   """l, the code length in bits, of packed `codes: uint8[n, l // 8]`."""
-  return 8 * np.shape(codes)[1]
+  shape, dtype = np.shape(codes), getattr(codes, "dtype", None)
+  if dtype is None:
+    dtype = np.asarray(codes).dtype
+  if np.dtype(dtype) != np.uint8:
+    raise TypeError(f"num_bits: `codes` must be packed codes uint8[n, l // 8] (see pack_codes); "
+                    f"got dtype {dtype}")
+  if len(shape) != 2:
+    raise ValueError(f"num_bits: `codes` must be 2-D packed codes [n, l // 8]; got shape {shape}")
+  return 8 * shape[1]
 
 
 def code_words(codes, dtype=np.uint32) -> np.ndarray:
@@ -148,6 +156,25 @@ def check_k(k, n: int, fn: str) -> int:
   if k > n:
     raise ValueError(f"{fn}: `k`={k} is larger than the archive `db` ({n} codes)")
   return int(k)
+
+
+def check_int(value, name: str, fn: str, lo: int = 1, hi: int | None = None,
+              hi_what: str = "") -> int:
+  """`value` as an int in lo..hi (hi None: no upper bound), for a host-side entry point.
+
+  Errors name the function `fn` and the argument `name`: TypeError for a non-integer
+  (bools too), ValueError below `lo` or above `hi`; `hi_what` says what `hi` is,
+  e.g. "the archive (100 items)".
+  """
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{fn}: `{name}` must be an int; got {type(value).__name__} {value!r}")
+  allowed = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+  if value < lo:
+    raise ValueError(f"{fn}: `{name}` must be an int {allowed}; got {value}")
+  if hi is not None and value > hi:
+    raise ValueError(f"{fn}: `{name}`={value} is larger than {hi_what or hi}; it must be "
+                     f"{allowed}")
+  return int(value)
 
 
 def distance_dtype(l: int):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from rsh import hamming
 from rsh import ranking
 
 __all__ = [
@@ -59,6 +60,10 @@ MAP_MODES = {
 def relevance(query_labels, archive_labels) -> np.ndarray:
   """Gains `uint8[nq, na]`: 1 for equal integer labels; shared labels for multi-hot."""
   ql, al = np.asarray(query_labels), np.asarray(archive_labels)
+  for name, x in (("query_labels", ql), ("archive_labels", al)):
+    if x.ndim not in (1, 2):
+      raise ValueError(f"relevance: `{name}` must be int[n] labels or a multi-hot [n, classes] "
+                       f"matrix; got shape {x.shape}")
   if ql.ndim != al.ndim or (ql.ndim == 2 and ql.shape[1] != al.shape[1]):
     raise ValueError(f"relevance: `query_labels` {ql.shape} and `archive_labels` {al.shape} "
                      "are not the same kind of labels")
@@ -81,6 +86,51 @@ def rank(query, archive, distance: str = "hamming") -> np.ndarray:
   return np.concatenate([ranking.order(s, distance) for _, s in blocks])
 
 
+# ----------------------------------------------------------------------------- checks
+# Host-side and O(1) (shapes, dtypes, scalars) except where noted: the hot paths of
+# `rsh.protocol.evaluate` call the cores below once per query block.
+
+
+def _ranked(x, name: str, fn: str, dtype=bool) -> np.ndarray:
+  """`x` as a 2-D [nq, m] array (relevance or gains in rank order)."""
+  x = np.asarray(x)
+  if x.dtype.kind not in "biuf":
+    raise TypeError(f"{fn}: `{name}` must be a bool or numeric array [queries, ranks]; "
+                    f"got dtype {x.dtype}")
+  if x.ndim != 2:
+    raise ValueError(f"{fn}: `{name}` must be 2-D [queries, ranks]; got shape {x.shape} "
+                     "(use x[None] for a single query)")
+  return x if dtype is None else x.astype(dtype)
+
+
+def _n_relevant(n_relevant, rel: np.ndarray, fn: str) -> np.ndarray:
+  """All relevant items per query: int[nq] given, else those in `rel`."""
+  if n_relevant is None:
+    return rel.sum(1)
+  n_rel = np.asarray(n_relevant)
+  if n_rel.shape != (len(rel),):
+    raise ValueError(f"{fn}: `n_relevant` must have one entry per query, shape ({len(rel)},); "
+                     f"got shape {n_rel.shape}")
+  return n_rel
+
+
+def _cutoff(value, name: str, fn: str, m: int) -> int:
+  """A cut-off in 1..m, m the ranks per query."""
+  return hamming.check_int(value, name, fn, 1, m, f"the ranks per query ({m})")
+
+
+def _cutoffs(cutoffs, fn: str, m: int) -> np.ndarray:
+  """Strictly increasing int64 cut-offs within 1..m (a pass over the few cut-offs only)."""
+  c = np.asarray(cutoffs)
+  if c.ndim != 1 or not len(c) or c.dtype.kind not in "iu":
+    raise ValueError(f"{fn}: `cutoffs` must be a non-empty 1-D array of ints; got "
+                     f"{c.dtype} of shape {c.shape}")
+  if c[0] < 1 or c[-1] > m or (np.diff(c) <= 0).any():
+    raise ValueError(f"{fn}: `cutoffs` must increase strictly within 1..{m} (the ranks per "
+                     f"query); got {c[0]}..{c[-1]}")
+  return c.astype(np.int64)
+
+
 # ----------------------------------------------------------------------------- AP cores
 
 
@@ -92,12 +142,15 @@ def safe_div(a, b):
 
 def sum_precision_top(rel_top: np.ndarray, k: int):
   """(sum of P(rank) over relevant ranks <= k, relevant within k), float64[b], int64[b]."""
+  rel_top = _ranked(rel_top, "rel_top", "sum_precision_top", None)
+  k = _cutoff(k, "k", "sum_precision_top", rel_top.shape[1])
   cum = np.cumsum(rel_top[:, :k], axis=1)
   return (rel_top[:, :k] * cum / np.arange(1, k + 1)).sum(1), cum[:, -1]
 
 
 def sum_precision_all(ranked_rel: np.ndarray) -> np.ndarray:
   """float64[b]: sum of P(rank) over all relevant items of each ranking."""
+  ranked_rel = _ranked(ranked_rel, "ranked_rel", "sum_precision_all", None)
   b, m = ranked_rel.shape
   flat = np.flatnonzero(ranked_rel)  # row * m + rank - 1, increasing; cheaper than 2-D nonzero
   rows = flat // m
@@ -111,6 +164,8 @@ def found_at(ranked_rel: np.ndarray, cutoffs: np.ndarray) -> np.ndarray:
 
   One pass of segment sums between cut-offs, in 16-bit counters where they fit.
   """
+  ranked_rel = _ranked(ranked_rel, "ranked_rel", "found_at", None)
+  cutoffs = _cutoffs(cutoffs, "found_at", ranked_rel.shape[1])
   starts = np.concatenate([[0], cutoffs[:-1]])
   acc = np.uint16 if np.diff(np.append(starts, cutoffs[-1])).max() < 2**16 else np.int64
   # reduceat's last segment runs to the end of the row: cut the row at the last cut-off.
@@ -136,14 +191,13 @@ def average_precision(ranked_relevance, k: int | None = None, mode: str = "thesi
   Returns:
     float64[nq].
   """
-  rel = np.asarray(ranked_relevance).astype(bool)
+  rel = _ranked(ranked_relevance, "ranked_relevance", "average_precision")
   if mode not in MAP_MODES:
     raise ValueError(f"average_precision: `mode` must be one of {sorted(MAP_MODES)}; got {mode!r}")
-  n_rel = rel.sum(1) if n_relevant is None else np.asarray(n_relevant)
+  n_rel = _n_relevant(n_relevant, rel, "average_precision")
   if mode == "all":
     return safe_div(sum_precision_all(rel), n_rel)
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= rel.shape[1]:
-    raise ValueError(f"average_precision: `k` must be an int in 1..{rel.shape[1]}; got {k!r}")
+  k = _cutoff(k, "k", "average_precision", rel.shape[1])
   total, found = sum_precision_top(rel, k)
   if mode == "min_k_rel":
     return safe_div(total, np.minimum(k, n_rel))
@@ -151,29 +205,32 @@ def average_precision(ranked_relevance, k: int | None = None, mode: str = "thesi
 
 
 def precision_at(ranked_relevance, n: int) -> np.ndarray:
-  """float64[nq]: relevant items among the first n, over n."""
-  rel = np.asarray(ranked_relevance).astype(bool)
+  """float64[nq]: relevant items among the first n (1 <= n <= ranks), over n."""
+  rel = _ranked(ranked_relevance, "ranked_relevance", "precision_at")
+  n = _cutoff(n, "n", "precision_at", rel.shape[1])
   return rel[:, :n].sum(1) / n
 
 
 def recall_at(ranked_relevance, n: int, n_relevant=None) -> np.ndarray:
   """float64[nq]: relevant items among the first n over all relevant (0 when none)."""
-  rel = np.asarray(ranked_relevance).astype(bool)
-  n_rel = rel.sum(1) if n_relevant is None else np.asarray(n_relevant)
+  rel = _ranked(ranked_relevance, "ranked_relevance", "recall_at")
+  n = _cutoff(n, "n", "recall_at", rel.shape[1])
+  n_rel = _n_relevant(n_relevant, rel, "recall_at")
   return safe_div(rel[:, :n].sum(1), n_rel)
 
 
 def pr_curve(ranked_relevance, cutoffs, n_relevant=None):
   """Precision and recall after each cut-off: (float64[nq, c], float64[nq, c])."""
-  rel = np.asarray(ranked_relevance).astype(bool)
-  cutoffs = np.asarray(cutoffs, np.int64)
+  rel = _ranked(ranked_relevance, "ranked_relevance", "pr_curve")
+  cutoffs = _cutoffs(cutoffs, "pr_curve", rel.shape[1])
+  n_rel = _n_relevant(n_relevant, rel, "pr_curve")
   found = found_at(rel, cutoffs)
-  n_rel = rel.sum(1) if n_relevant is None else np.asarray(n_relevant)
   return found / cutoffs, safe_div(found, n_rel[:, None])
 
 
 def dcg(gains: np.ndarray) -> np.ndarray:
   """float64[nq]: DCG of gains int[nq, m] in rank order, gain 2^g - 1, discount log2(rank + 1)."""
+  gains = _ranked(gains, "gains", "dcg", None)
   discount = 1.0 / np.log2(np.arange(2, gains.shape[1] + 2))
   return (np.exp2(gains.astype(np.float64)) - 1) @ discount
 
@@ -184,21 +241,36 @@ def ndcg_at(ranked_gain, k: int, ideal_gain) -> np.ndarray:
   ranked_gain: int[nq, >=k] gains in rank order; ideal_gain: int[nq, >=k] the best
   gains of the whole archive, descending.
   """
-  return safe_div(dcg(np.asarray(ranked_gain)[:, :k]), dcg(np.asarray(ideal_gain)[:, :k]))
+  ranked_gain = _ranked(ranked_gain, "ranked_gain", "ndcg_at", None)
+  ideal_gain = _ranked(ideal_gain, "ideal_gain", "ndcg_at", None)
+  k = _cutoff(k, "k", "ndcg_at", ranked_gain.shape[1])
+  if len(ideal_gain) != len(ranked_gain) or ideal_gain.shape[1] < k:
+    raise ValueError(f"ndcg_at: `ideal_gain` must be [{len(ranked_gain)}, >= {k}] like "
+                     f"`ranked_gain` {ranked_gain.shape} (k={k}); got shape {ideal_gain.shape}")
+  return safe_div(dcg(ranked_gain[:, :k]), dcg(ideal_gain[:, :k]))
 
 
 def acg_at(ranked_gain, k: int) -> np.ndarray:
   """float64[nq]: mean gain (shared labels) of the first k."""
-  return np.asarray(ranked_gain)[:, :k].astype(np.float64).mean(1)
+  ranked_gain = _ranked(ranked_gain, "ranked_gain", "acg_at", None)
+  k = _cutoff(k, "k", "acg_at", ranked_gain.shape[1])
+  return ranked_gain[:, :k].astype(np.float64).mean(1)
 
 
 def precision_within_radius(distances, relevant, radius: int = 2) -> np.ndarray:
   """float64[nq]: share of relevant items among those within `radius` (0 if none).
 
-  distances: int[nq, na]; relevant: bool[nq, na].
+  distances: int[nq, na]; relevant: bool[nq, na]; radius: int >= 0 (0: equal codes).
   """
-  within = np.asarray(distances) <= radius
-  return safe_div((within & np.asarray(relevant, bool)).sum(1), within.sum(1))
+  fn = "precision_within_radius"
+  distances = _ranked(distances, "distances", fn, None)
+  relevant = _ranked(relevant, "relevant", fn)
+  if relevant.shape != distances.shape:
+    raise ValueError(f"{fn}: `relevant` {relevant.shape} and `distances` {distances.shape} "
+                     "must have the same shape")
+  radius = hamming.check_int(radius, "radius", fn, 0)
+  within = distances <= radius
+  return safe_div((within & relevant).sum(1), within.sum(1))
 
 
 def _harmonic(n: int) -> np.ndarray:
@@ -227,11 +299,17 @@ def tie_aware_average_precision(group_sizes, group_relevant, k: int | None = Non
   Returns:
     float64[nq].
   """
-  n = np.asarray(group_sizes, np.int64)
-  r = np.asarray(group_relevant, np.int64)
+  fn = "tie_aware_average_precision"
+  n = _ranked(group_sizes, "group_sizes", fn, np.int64)
+  r = _ranked(group_relevant, "group_relevant", fn, np.int64)
   if mode not in ("thesis", "min_k_rel", "all"):
     raise ValueError(f"tie_aware_average_precision: `mode` must be 'thesis', 'min_k_rel' or "
                      f"'all'; got {mode!r}")
+  if r.shape != n.shape:
+    raise ValueError(f"{fn}: `group_relevant` {r.shape} and `group_sizes` {n.shape} must "
+                     "have the same shape")
+  if k is not None and mode != "all":
+    k = hamming.check_int(k, "k", fn, 1)
   before = np.cumsum(n, 1) - n
   rel_before = np.cumsum(r, 1) - r
   total_rel = r.sum(1)

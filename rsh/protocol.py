@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rsh import hamming
 from rsh import metrics
 from rsh import ranking
 
@@ -203,10 +204,12 @@ def evaluate(query_codes, archive_codes, query_labels, archive_labels, k: int = 
     k: MAP / NDCG / ACG cut-off (<= na). n: precision / recall cut-off (<= na).
     distance: "hamming" or "cosine".
     class_names: names for the class-wise keys (indexed by label).
-    pr_step: PR curve every `pr_step` retrieved items, plus the end; None: no curve.
+    pr_step: PR curve every `pr_step` (>= 1) retrieved items, plus the end; None or 0: no
+      curve.
     pr_cutoffs: explicit PR cut-offs (increasing ints in 1..na); overrides `pr_step`.
     map_modes: which MAP conventions to report (see `metrics.MAP_MODES`).
-    radius: Hamming radius of `precision@r{radius}` (Hamming only).
+    radius: Hamming radius of `precision@r{radius}` (Hamming only), 0..l; 0 counts the
+      exact-match codes.
     threads: numpy worker threads ranking query blocks (default: all usable cores).
 
   Returns:
@@ -214,11 +217,14 @@ def evaluate(query_codes, archive_codes, query_labels, archive_labels, k: int = 
   """
   q, a = ranking.check_inputs(query_codes, archive_codes, distance, "evaluate")
   nq, na = len(q), len(a)
-  for name, v in (("k", k), ("n", n), ("radius", radius)):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (name == "radius"):
-      raise ValueError(f"evaluate: `{name}` must be an int >= {int(name != 'radius')}; got {v!r}")
-    if name != "radius" and v > na:
-      raise ValueError(f"evaluate: `{name}`={v} is larger than the archive ({na} items)")
+  k = hamming.check_int(k, "k", "evaluate", 1, na, f"the archive ({na} items)")
+  n = hamming.check_int(n, "n", "evaluate", 1, na, f"the archive ({na} items)")
+  # radius 0: exact-match codes; at most the code length (Hamming only).
+  bits = 8 * q.shape[1] if distance == "hamming" else None
+  radius = hamming.check_int(radius, "radius", "evaluate", 0, bits,
+                             f"the code length ({bits} bits)")
+  if pr_step is not None and pr_cutoffs is None:  # 0 (like None): no curve
+    pr_step = hamming.check_int(pr_step, "pr_step", "evaluate", 0)
   modes = tuple(map_modes)
   for m in modes:
     if m not in metrics.MAP_MODES:

@@ -79,7 +79,13 @@ def cosine_blocks(q: np.ndarray, db: np.ndarray, rows: int, cols: int | None = N
   else:
     norms = np.sqrt(np.einsum("ij,ij->i", db, db, dtype=np.float64))
     inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0).astype(np.float32)
+  if q.ndim != 2 or db.ndim != 2 or q.shape[1] != db.shape[1]:
+    raise ValueError(f"cosine_blocks: `q` {q.shape} and `db` {db.shape} must be 2-D features "
+                     "of one size (see check_features)")
   cols = len(db) if cols is None else cols
+  hamming.check_int(rows, "rows", "cosine_blocks", 1)
+  if len(db):
+    hamming.check_int(cols, "cols", "cosine_blocks", 1)
   for r0 in range(0, len(q), rows):
     for c0 in range(0, len(db), cols):
       scores = q[r0:r0 + rows] @ db[c0:c0 + cols].T
@@ -91,13 +97,31 @@ def cosine_blocks(q: np.ndarray, db: np.ndarray, rows: int, cols: int | None = N
 # ----------------------------------------------------------------------------- top-k
 
 
+def _check_scores(x, name: str, fn: str) -> None:
+  """O(1): `x` is a 2-D numeric numpy array [rows, columns]."""
+  dtype = getattr(x, "dtype", None)
+  if dtype is None or not hasattr(x, "ndim") or np.dtype(dtype).kind not in "biuf":
+    raise TypeError(f"{fn}: `{name}` must be a numeric array [rows, columns]; got "
+                    f"{type(x).__name__} of dtype {dtype}")
+  if x.ndim != 2:
+    raise ValueError(f"{fn}: `{name}` must be 2-D [rows, columns]; got shape {x.shape}")
+
+
+def _check_distance(distance, fn: str) -> None:
+  if distance not in ("hamming", "cosine"):
+    raise ValueError(f"{fn}: `distance` must be 'hamming' or 'cosine'; got {distance!r}")
+
+
 def top_k_ascending(values: np.ndarray, k: int | None = None) -> np.ndarray:
   """Columns of the k smallest `(value, column)` per row, in that order.
 
-  values: [r, c] -> int64[r, min(k, c)] (all c when k is None). numpy's stable
-  sort of 8/16-bit integers is a radix (counting) sort: linear, and ties stay in
-  column order.
+  values: [r, c] -> int64[r, min(k, c)] (all c when k is None, k >= 1). numpy's
+  stable sort of 8/16-bit integers is a radix (counting) sort: linear, and ties stay
+  in column order.
   """
+  _check_scores(values, "values", "top_k_ascending")
+  if k is not None:
+    hamming.check_int(k, "k", "top_k_ascending", 1)
   order = np.argsort(values, axis=1, kind="stable")
   return order if k is None else order[:, :k]
 
@@ -106,8 +130,12 @@ def top_k_descending(scores: np.ndarray, k: int | None = None) -> np.ndarray:
   """Columns of the k largest per row, ties by smallest column, without sorting whole rows.
 
   scores: float or signed int [r, c] (no NaN; it is negated) -> int64[r, min(k, c)]
-  (all c when k is None), best first: equal to a stable argsort of `-scores` cut to k.
+  (all c when k is None, k >= 1), best first: equal to a stable argsort of `-scores`
+  cut to k.
   """
+  _check_scores(scores, "scores", "top_k_descending")
+  if k is not None:
+    hamming.check_int(k, "k", "top_k_descending", 1)
   c = scores.shape[1]
   if k is None or k >= c:
     return np.argsort(-scores, axis=1, kind="stable")
@@ -122,7 +150,9 @@ def top_k_mask(scores: np.ndarray, k: int, kth: np.ndarray | None = None) -> np.
   `kth` (the k-th largest of each row, [b]) may be given when it is cheaper to
   find than by partitioning (see `kth_largest_count`).
   """
+  _check_scores(scores, "scores", "top_k_mask")
   n = scores.shape[1]
+  k = hamming.check_int(k, "k", "top_k_mask", 1, n, f"the columns of `scores` ({n})")
   if kth is None:
     kth = np.partition(scores, n - k, axis=1)[:, n - k]
   kth = np.asarray(kth)[:, None]
@@ -144,6 +174,10 @@ def kth_largest_count(values: np.ndarray, k: int, top: int) -> np.ndarray:
   (introselect) slows down on repeats; on clustered features it took ~20x longer
   than counting.
   """
+  _check_scores(values, "values", "kth_largest_count")
+  k = hamming.check_int(k, "k", "kth_largest_count", 1, values.shape[1],
+                        f"the columns of `values` ({values.shape[1]})")
+  hamming.check_int(top, "top", "kth_largest_count", 0)
   # One bincount per row: each row's counts stay in cache and no [b, n] key
   # array is needed.
   counts = np.stack([np.bincount(row, minlength=top + 1) for row in values])
@@ -180,7 +214,7 @@ def check_inputs(query, archive, distance: str, fn: str):
       raise ValueError(f"{fn}: `query_codes` have {q.shape[1]} features but `archive_codes` "
                        f"have {a.shape[1]}")
   else:
-    raise ValueError(f"{fn}: `distance` must be 'hamming' or 'cosine'; got {distance!r}")
+    _check_distance(distance, fn)
   if len(a) == 0:
     raise ValueError(f"{fn}: `archive_codes` is empty")
   if len(q) == 0:
@@ -194,6 +228,8 @@ def score_blocks(q: np.ndarray, a: np.ndarray, distance: str, rows: int = _ROWS)
   q, a: as `check_inputs` returns them. Hamming distances come from
   `hamming.distance_rows` (the next block is computed by XLA meanwhile).
   """
+  _check_distance(distance, "score_blocks")
+  hamming.check_int(rows, "rows", "score_blocks", 1)
   if distance == "hamming":
     for qs, d in hamming.distance_rows(q, a):
       for r0 in range(0, len(d), rows):
@@ -209,6 +245,7 @@ def order(scores: np.ndarray, distance: str) -> np.ndarray:
   Hamming distances are small integers: numpy's stable sort of uint8/uint16 is a
   counting (radix) sort, linear in the archive. Cosine similarities: a stable sort.
   """
+  _check_distance(distance, "order")
   if distance == "hamming":
     return top_k_ascending(scores)
   return top_k_descending(scores)

@@ -178,15 +178,16 @@ def radius_search(q, db, radius: int):
 
   Args:
     q: uint8[nq, l // 8]; db: uint8[n, l // 8] packed codes.
-    radius: int >= 0.
+    radius: int in 0..l (0: equal codes only).
 
   Returns:
     (distances, indices): two lists of nq arrays, int32[m_i] each, ordered by
     (distance, index).
   """
   q, db = hamming.check_pair(q, db, "radius_search")
-  if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
-    raise ValueError(f"radius_search: `radius` must be an int >= 0; got {radius!r}")
+  l = 8 * db.shape[1]
+  radius = hamming.check_int(radius, "radius", "radius_search", 0, l,
+                             f"the code length ({l} bits)")
   hits = [[] for _ in range(len(q))]
   for qs, a0, d in hamming.distance_blocks(q, db):
     rows, cols = np.nonzero(d <= radius)

@@ -34,25 +34,51 @@ class LinearHash:
   proj: np.ndarray
 
 
-def _rows(x) -> np.ndarray:
-  x = np.asarray(x, np.float32)
-  return x.reshape(len(x), -1)
+def _rows(x, name: str = "x", fn: str = "shallow", *, fit: bool = False) -> np.ndarray:
+  """`x` [n, ...] as float32[n, d] rows (an image [h, w, c] or a vector each).
+
+  fit: training data, which must be non-empty and finite (one pass over it, cheap
+  next to the fit itself).
+  """
+  x = np.asarray(x)
+  if x.dtype.kind not in "biuf":
+    raise TypeError(f"{fn}: `{name}` must be a numeric array [n, ...]; got dtype {x.dtype}")
+  if x.ndim < 2:
+    raise ValueError(f"{fn}: `{name}` must be rows [n, ...] (2-D or more); got shape "
+                     f"{x.shape} (use x[None] for a single row)")
+  x = x.astype(np.float32, copy=False).reshape(len(x), int(np.prod(x.shape[1:])))
+  if fit:
+    if not len(x) or not x.shape[1]:
+      raise ValueError(f"{fn}: `{name}` is empty (shape {x.shape}); fitting needs rows")
+    if not np.isfinite(x).all():
+      raise ValueError(f"{fn}: `{name}` contains NaN or infinite values")
+  return x
 
 
-def _check_bits(bits: int, d: int, n: int | None = None) -> int:
+def _check_bits(bits: int, d: int, n: int | None = None, fn: str = "shallow") -> int:
+  if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+    raise TypeError(f"{fn}: `bits` must be an int; got {type(bits).__name__} {bits!r}")
   bits = int(bits)
   if bits < 1:
-    raise ValueError(f"bits must be >= 1, not {bits}")
+    raise ValueError(f"{fn}: bits must be >= 1; got `bits`={bits}")
   if bits > d or (n is not None and bits > n):
-    raise ValueError(f"{bits} bits need at least {bits} input dimensions and training "
-                     f"images; the input has {d} dimensions and {n} images")
+    raise ValueError(f"{fn}: {bits} bits need at least {bits} input dimensions and training "
+                     f"images; the input has {d} dimensions and {n} images (`bits`={bits})")
   return bits
+
+
+def _check_count(value, name: str, fn: str, lo: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{fn}: `{name}` must be an int; got {type(value).__name__} {value!r}")
+  if value < lo:
+    raise ValueError(f"{fn}: `{name}` must be an int >= {lo}; got {value}")
+  return int(value)
 
 
 def fit_lsh(x, bits: int, seed: int) -> LinearHash:
   """Random hyperplanes through the mean of `x` f32[n, ...]."""
-  x = _rows(x)
-  bits = _check_bits(bits, x.shape[1])
+  x = _rows(x, "x", "fit_lsh", fit=True)
+  bits = _check_bits(bits, x.shape[1], fn="fit_lsh")
   proj = np.random.default_rng(int(seed)).standard_normal((x.shape[1], bits)).astype(np.float32)
   return LinearHash(mean=x.mean(0), proj=proj)
 
@@ -64,8 +90,8 @@ def pca(x, bits: int) -> LinearHash:
   else the d x d covariance; float64 eigendecomposition either way. Each
   direction's sign is fixed (largest |entry| positive) so a refit is identical.
   """
-  x = _rows(x)
-  bits = _check_bits(bits, x.shape[1], len(x))
+  x = _rows(x, "x", "pca", fit=True)
+  bits = _check_bits(bits, x.shape[1], len(x), fn="pca")
   mean = x.mean(0)
   xc = x - mean
   if len(x) < x.shape[1]:
@@ -83,6 +109,7 @@ def pca(x, bits: int) -> LinearHash:
 
 def random_rotation(bits: int, seed: int) -> np.ndarray:
   """A random orthogonal f32[bits, bits] (QR of a Gaussian matrix, signs fixed)."""
+  bits = _check_count(bits, "bits", "random_rotation", 1)
   g = np.random.default_rng(int(seed)).standard_normal((bits, bits))
   q, r = np.linalg.qr(g)
   return (q * np.sign(np.diag(r))).astype(np.float32)
@@ -103,11 +130,16 @@ def itq_step(v, rotation):
 
 def with_rotation(pca_hash: LinearHash, rotation) -> LinearHash:
   """The ITQ hash: PCA directions followed by the learned rotation."""
+  l = np.shape(pca_hash.proj)[-1]
+  if np.shape(rotation) != (l, l):
+    raise ValueError(f"with_rotation: `rotation` must be [{l}, {l}] for {l}-bit `pca_hash`; "
+                     f"got shape {np.shape(rotation)}")
   return LinearHash(mean=pca_hash.mean, proj=pca_hash.proj @ rotation)
 
 
 def fit_itq(x, bits: int, seed: int, iterations: int = 50) -> LinearHash:
   """PCA then `iterations` ITQ alternations on all of `x` (the paper uses 50)."""
+  iterations = _check_count(iterations, "iterations", "fit_itq", 0)
   p = pca(x, bits)
   v = jnp.asarray(project(p, x))
   rotation = jnp.asarray(random_rotation(p.proj.shape[1], seed))
@@ -120,19 +152,39 @@ def fit_itq(x, bits: int, seed: int, iterations: int = 50) -> LinearHash:
 def project(h: LinearHash, x, batch: int = 1024) -> np.ndarray:
   """f32[n, l] real codes (x - mean) @ proj of `x` (any array-like of rows)."""
   mean, proj = np.asarray(h.mean, np.float32), np.asarray(h.proj, np.float32)
-  out = [(_rows(x[s:s + batch]) - mean) @ proj for s in range(0, len(x), batch)]
+  batch = _check_count(batch, "batch", "project", 1)
+  if np.ndim(x) < 2:
+    raise ValueError(f"project: `x` must be rows [n, ...] (2-D or more); got shape "
+                     f"{np.shape(x)} (use x[None] for a single row)")
+  d = int(np.prod(np.shape(x)[1:]))
+  if d != len(mean):
+    raise ValueError(f"project: rows of `x` have {d} values (shape {np.shape(x)}) but the hash "
+                     f"was fitted on {len(mean)}")
+
+  def rows(s):  # checked per batch: a cheap pass next to the product
+    r = _rows(x[s:s + batch], "x", "project")
+    if not np.isfinite(r).all():
+      raise ValueError("project: `x` contains NaN or infinite values")
+    return r
+
+  out = [(rows(s) - mean) @ proj for s in range(0, len(x), batch)]
   return np.concatenate(out) if out else np.zeros((0, proj.shape[1]), np.float32)
 
 
 def pool_rows(x, size: int | None) -> np.ndarray:
   """f32[n, size * size * c] of images [n, h, h, c] averaged down to size x size
   (h must divide by size); None or a vector view: the rows flattened."""
-  x = np.asarray(x, np.float32)
-  if size is None or x.ndim != 4:
-    return x.reshape(len(x), -1)
+  if size is None or np.ndim(x) != 4:
+    return _rows(x, "x", "pool_rows")
+  x = np.asarray(x)
+  if x.dtype.kind not in "biuf":
+    raise TypeError(f"pool_rows: `x` must be a numeric array [n, h, w, c]; got dtype {x.dtype}")
+  x = x.astype(np.float32, copy=False)
+  size = _check_count(size, "size", "pool_rows", 1)
   n, h, w, c = x.shape
   if h % size or w % size:
-    raise ValueError(f"pooling {h}x{w} images to {size}x{size}: the size must divide both")
+    raise ValueError(f"pool_rows: pooling {h}x{w} images to `size`={size}: the size must "
+                     "divide both")
   return x.reshape(n, size, h // size, size, w // size, c).mean((2, 4)).reshape(n, -1)
 
 
@@ -143,10 +195,15 @@ def cca(x, y, bits: int, reg: float = 1e-3) -> tuple[LinearHash, LinearHash, np.
   dimensions than images work); float64. Returns the two projections and the
   canonical correlations f64[bits].
   """
-  x, y = _rows(x).astype(np.float64), _rows(y).astype(np.float64)
+  x = _rows(x, "x", "cca", fit=True).astype(np.float64)
+  y = _rows(y, "y", "cca", fit=True).astype(np.float64)
   if len(x) != len(y):
-    raise ValueError(f"cca: {len(x)} and {len(y)} rows; the views must be paired row by row")
-  bits = _check_bits(bits, min(x.shape[1], y.shape[1]))
+    raise ValueError(f"cca: `x` has {len(x)} rows and `y` {len(y)}; the views must be paired "
+                     "row by row")
+  bits = _check_bits(bits, min(x.shape[1], y.shape[1]), fn="cca")
+  if isinstance(reg, bool) or not isinstance(reg, (int, float, np.integer, np.floating)) \
+      or not np.isfinite(reg) or reg < 0:
+    raise ValueError(f"cca: `reg` must be a finite number >= 0; got {reg!r}")
   mx, my = x.mean(0), y.mean(0)
   xc, yc = x - mx, y - my
 
@@ -173,6 +230,7 @@ def fit_cca_itq(x, y, bits: int, seed: int, iterations: int = 50, reg: float = 1
   carry, weakly regularised CCA finds spurious directions of correlation
   ~0.97 (on the demo pairs, S1 -> S2 MAP@100 0.393 at reg 1e-3, 0.438 at 0.1,
   0.446 at 1.0)."""
+  iterations = _check_count(iterations, "iterations", "fit_cca_itq", 0)
   hx, hy, _ = cca(x, y, bits, reg=reg)
   v = jnp.asarray(np.concatenate([project(hx, x), project(hy, y)]))
   rotation = jnp.asarray(random_rotation(bits, seed))
