@@ -74,6 +74,20 @@ class Evaluator:
       return self.cfg[key]
     return self.ctx.config.eval.get(key, default)
 
+  def check_protocol(self, archive: str) -> None:
+    """k, n and pr_step against the archive they rank, before any training."""
+    size = len(self.ctx.data.indices(archive))
+    for key, low in (("k", 1), ("n", 1), ("pr_step", 0)):  # pr_step 0: no PR curve
+      value = self.option(key)
+      where = f"config.evals.{self.name}.{key}" if key in self.cfg else f"config.eval.{key}"
+      if value is None and key == "pr_step":
+        continue
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{where} must be an integer >= {low}; got {value!r}")
+      if key in ("k", "n") and value > size:
+        raise ValueError(f"{where}={value} is larger than the archive {archive!r} of "
+                         f"config.evals.{self.name} ({size} images); lower it")
+
   def run(self, state, final: bool) -> dict[str, Any]:
     raise NotImplementedError
 
@@ -336,4 +350,6 @@ def build(evals_config: Mapping[str, Any], ctx: Context,
       raise ValueError(f"config.evals.{name}.type={kind!r} is unknown; known: "
                        f"{', '.join(sorted(known))} (or 'package.module:Class')")
     out[name] = cls(name, cfg, ctx)
+    if isinstance(getattr(out[name], "archive", None), str):
+      out[name].check_protocol(out[name].archive)
   return out

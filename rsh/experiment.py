@@ -162,12 +162,16 @@ def write_json(path: pathlib.Path, obj) -> None:
 
 
 def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
-                       evaluators: Mapping[str, type] | None = None) -> dict:
+                       evaluators: Mapping[str, type] | None = None,
+                       on_start: Callable[[int], None] | None = None) -> dict:
   """Trains `config.method` in `workdir` (resuming if it can), evaluates, writes
   results.json, then the figures; returns the results.
 
   `terms`: extra or replacement loss terms (`rsh.losses.bind`), e.g. from a
-  notebook; `evaluators`: extra evaluator types for `config.evals`.
+  notebook; `evaluators`: extra evaluator types for `config.evals`;
+  `on_start(step)`: called once the run is known to start (`rsh.train.run`).
+  A figure that cannot be drawn (e.g. a full disk) is a warning: results.json
+  is already written.
   """
   workdir = pathlib.Path(workdir)
   t_start = time.time()
@@ -179,10 +183,15 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
       eval_every=int(config.train.eval_every),
       log_every=int(config.train.log_every),
       progress=bool(config.train.get("progress", True)))
+  raw_batch = config.train.batch_size
+  if raw_batch is not None and (isinstance(raw_batch, bool) or not isinstance(raw_batch, (int, np.integer))
+                                or raw_batch < 1):
+    raise ValueError(f"config.train.batch_size must be an integer >= 1 (or None: the whole "
+                     f"training set); got {raw_batch!r}")
   data = rdata.prepare(config)
   n_train = len(data.split.train)
   # None: every step sees the whole training set (full-batch methods, e.g. ITQ).
-  batch_size = n_train if config.train.batch_size is None else int(config.train.batch_size)
+  batch_size = n_train if raw_batch is None else int(raw_batch)
   if batch_size > n_train:
     raise ValueError(f"config.train.batch_size={batch_size} is larger than the "
                      f"training set ({len(data.split.train)} images)")
@@ -190,6 +199,10 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   # What the bound loss terms read from the batch; the SSM is built now if a
   # term reads it, not in the first step.
   ssm = functools.cache(lambda: training_ssm(config, data))
+  # The evaluators check their settings (k, n, sets, views) before any work.
+  ctx = revals.Context(config=config, data=data, encode=method.encode, ssm=ssm,
+                       encoders=method.encoders)
+  evals = revals.build(config.get("evals", {}), ctx, extra=evaluators)
   inputs = {k: fn for k, fn in BATCH_INPUTS.items()
             if k in rlosses.input_keys(method.terms)}
   timings = {}
@@ -206,9 +219,6 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
     return {**{key: x[idx] for key, x in rows.items()},
             **{k: fn(source, idx) for k, fn in inputs.items()}}
 
-  ctx = revals.Context(config=config, data=data, encode=method.encode, ssm=ssm,
-                       encoders=method.encoders)
-  evals = revals.build(config.get("evals", {}), ctx, extra=evaluators)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   state = method.init(init_rng)
@@ -227,7 +237,7 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
 
   state, history = rtrain.run(workdir=workdir, state=state, step_fn=method.step,
                               batch_fn=batch_fn, rng=train_rng, loop=loop,
-                              eval_fn=eval_fn if evals else None)
+                              eval_fn=eval_fn if evals else None, on_start=on_start)
   step = int(jax.device_get(state.step))
   # The final evaluation ran inside the loop unless the run had already
   # finished before (a resumed, complete workdir): then it runs here, once.
@@ -235,7 +245,12 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   results = results_dict(config, data, evals, final, history, seconds=time.time() - t_start,
                          timings=timings)
   write_json(workdir / "results.json", results)  # before the figures: nothing lost
-  _figures(workdir, config, data, method, evals, results, state)
+  try:
+    _figures(workdir, config, data, method, evals, results, state)
+  except Exception as e:  # noqa: BLE001
+    # A full disk or a plotting failure must not throw away an evaluation.
+    log.warning("could not draw the figures in %s (%s: %s); results.json is written",
+                workdir, type(e).__name__, e)
   return results
 
 

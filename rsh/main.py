@@ -2,52 +2,119 @@
 
 Any config key can be overridden on the command line, e.g.
 `--config.data.source=folder --config.data.dir=/data/EuroSAT_MS`.
-Writes `DIR/config.json` before training and `DIR/results.json` after evaluation.
+
+    python -m rsh.main --config=configs/uahm.py:demo --workdir=runs/demo
+    python -m rsh.main --config=configs/crossmodal.py:example --workdir=runs/cm \\
+        --config.train.num_steps=50
+
+A run writes `DIR/config.json` once it has started (a checkpoint restored or a
+first step taken), checkpoints while it trains, and `DIR/results.json` (then
+the figures) after evaluation. Rerunning the same command resumes it. A
+mistake that is the user's to fix (a bad key or value, a missing file, a
+workdir in use, a diverged run) is one line `error: ...` and exit code 2; set
+RSH_TRACEBACK=1 to see the traceback as well.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import pathlib
+import re
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from rsh import methods
-from rsh import runs
-from rsh import train
+from rsh import cli
+from rsh.cli import fail
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Method config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Method config file and its argument, e.g. configs/uahm.py:demo "
+    "(variants: full, demo, smoke, ...; see the config file's docstring).", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, logs, results and figures; rerun "
+    "with the same workdir to resume.")
 _ALLOW_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False,
-    "Resume into a workdir whose config.json differs from this config.")
+    "Resume into a workdir whose config.json differs from this config (eval.* and "
+    "evals.* keys and train.num_steps / *_every may always change).")
+
+
+def _config_arg(argv) -> str | None:
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _load_plain(arg: str | None):
+  """The config of `path[:arg]`, loaded without overrides (None if it fails)."""
+  if not arg:
+    return None
+  import importlib.util
+  path, _, rest = arg.partition(":")
+  try:
+    spec = importlib.util.spec_from_file_location("rsh_config_for_message", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(rest) if rest else module.get_config()
+  except Exception:  # noqa: BLE001 -- only for a better message
+    return None
+
+
+def _unknown_override(argv) -> str | None:
+  """The first `--config.a.b=...` whose key the loaded config does not have."""
+  config = _load_plain(_config_arg(argv))
+  if config is None:
+    return None
+  for a in argv:
+    m = re.match(r"--config\.([^=]+)", a)
+    if not m:
+      continue
+    node, parts = config, m.group(1).split(".")
+    for i, part in enumerate(parts):
+      keys = list(node.keys()) if hasattr(node, "keys") else None
+      if keys is None or part not in keys:
+        where = "config" + "".join(f".{p}" for p in parts[:i])
+        shown = f"; it has {', '.join(sorted(map(str, keys)))}" if keys else ""
+        return f"--config.{m.group(1)}: {where} has no key {part!r}{shown}"
+      node = node[part]
+  return None
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/uahm.py:demo")
+    fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
+  if _config_arg(sys.argv) is None:
+    fail("--config is required, e.g. --config=configs/uahm.py:demo")
   if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required")
+    fail("--workdir is required, e.g. --workdir=runs/demo")
+  try:
+    config = _CONFIG.value
+    config.get("method")  # a config file that failed to load raises here
+  except OSError as e:
+    path = _config_arg(sys.argv).split(":")[0]
+    reason = "not found" if not os.path.exists(path) else re.sub(r"\s+", " ", str(e))[-300:]
+    fail(f"cannot load --config file {path!r}: {reason}")
   # rsh's own progress at INFO; libraries (orbax, absl) only when they warn.
   logging.getLogger().setLevel(logging.WARNING)
   logging.getLogger("rsh").setLevel(logging.INFO)
-  config = _CONFIG.value
+  # Imported here: a bad flag is answered before jax is loaded.
+  from rsh import runs
+  from rsh import train
+  train.quiet_closed_event_loops()
   try:
     results = runs.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
-  except (ValueError, FileNotFoundError, runs.ConfigMismatchError,
-          train.NonFiniteLossError) as e:
+  except (ValueError, OSError, runs.ConfigMismatchError, train.NonFiniteLossError,
+          train.CheckpointError, train.WorkdirLockedError) as e:
     # Bad input (or a diverged run) is the user's to fix: one clear line, no
     # traceback; a diverged run keeps its last good checkpoint.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(str(e) if not isinstance(e, OSError) or not e.filename
+         else f"{e.strerror or e}: {e.filename}")
   print(runs.summary_line(results))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, _unknown_override))

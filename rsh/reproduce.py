@@ -21,7 +21,9 @@ import time
 import numpy as np
 from absl import app, flags
 
+from rsh import cli
 from rsh import runs
+from rsh import train
 
 TABLES = ("5.6", "5.7", "5.8", "5.9", "fig5.14")
 
@@ -87,20 +89,38 @@ def load_config(name: str, arg: str):
   return module.get_config(arg)
 
 
+# Every config's top-level sections (GAN-MS has no `ssm`, a shallow config no `losses`).
+_SECTIONS = ("data", "eval", "evals", "losses", "model", "optim", "ssm", "train")
+
+
 def _apply(config, overrides: list[str]):
   """`--set` overrides; one for a section a config does not have (e.g. `ssm.*`
   for GAN-MS, which builds no SSM) is skipped for that config only."""
   for item in overrides:
+    if "=" not in item:
+      raise ValueError(f"--set {item!r}: expected key=value, e.g. --set=train.num_steps=100")
     key, value = item.split("=", 1)
     node = config
     *path, last = key.split(".")
     if path and path[0] not in config:
+      if path[0] not in _SECTIONS:  # a typo, not a section of another table's model
+        raise ValueError(f"--set {item!r}: no config has a section {path[0]!r}; sections: "
+                         f"{', '.join(_SECTIONS)}")
       continue
-    for p in path:
-      node = node[p]
+    for i, p in enumerate(path + [last]):
+      if not hasattr(node, "keys") or p not in node:
+        where = ".".join(["config"] + path[:i])
+        raise ValueError(f"--set {item!r}: {where} has no key {p!r}"
+                         + (f"; it has {', '.join(sorted(node.keys()))}"
+                            if hasattr(node, "keys") else ""))
+      if i < len(path):
+        node = node[p]
     old = node[last]
-    node[last] = type(old)(value) if old is not None and not isinstance(old, bool) else (
-        value.lower() in ("1", "true") if isinstance(old, bool) else value)
+    try:
+      node[last] = type(old)(value) if old is not None and not isinstance(old, bool) else (
+          value.lower() in ("1", "true") if isinstance(old, bool) else value)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"--set {item!r}: {e}") from None
   return config
 
 
@@ -271,29 +291,37 @@ def fig_514() -> str:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
   if not _TABLE.value or not _WORKDIR.value:
-    raise app.UsageError("--table and --workdir are required")
+    cli.fail("--table and --workdir are required, e.g. --table=5.7 --variant=demo "
+             "--workdir=runs/t57")
   # rsh's own progress at INFO; libraries (orbax, absl) only when they warn.
   logging.getLogger().setLevel(logging.WARNING)
   logging.getLogger("rsh").setLevel(logging.INFO)
   workdir = pathlib.Path(_WORKDIR.value)
+  if workdir.exists() and not workdir.is_dir():
+    print(f"error: --workdir {workdir} is a file, not a directory", file=sys.stderr)
+    sys.exit(2)
+  created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)
   # Identical programs across seeds compile once.
   import jax
   cache = pathlib.Path(os.environ.get("RSH_CACHE_DIR") or pathlib.Path.home() / ".cache/rsh")
   jax.config.update("jax_compilation_cache_dir", str(cache / "jax"))
   table = _TABLE.value
+  train.quiet_closed_event_loops()
   try:
     text = {"5.6": table_56, "5.7": lambda: table_57_58("5.7"), "5.8": lambda: table_57_58("5.8"),
             "5.9": table_59, "fig5.14": fig_514}[table]()
-  except (ValueError, FileNotFoundError, runs.ConfigMismatchError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except (ValueError, OSError, runs.ConfigMismatchError, train.NonFiniteLossError,
+          train.CheckpointError, train.WorkdirLockedError) as e:
+    if created and not any(workdir.iterdir()):
+      workdir.rmdir()  # nothing was run: leave no empty folder behind
+    cli.fail(str(e))
   name = table.replace(".", "_")
   (workdir / f"table_{name}.md").write_text(text + "\n")
   print(text)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -8,19 +8,25 @@ imported by anything else.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
+import shutil
 from typing import Any
 
 import ml_collections
 
 from rsh import experiment
 from rsh import methods
+from rsh import train
 
-# Keys that may change between a run and its resumption (how long, how often),
-# as opposed to keys that define what is trained.
+log = logging.getLogger(__name__)
+
+# Keys that may change between a run and its resumption (how long, how often,
+# how it is evaluated), as opposed to keys that define what is trained.
 RESUMABLE_CHANGES = ("train.num_steps", "train.eval_every", "train.log_every",
                      "train.checkpoint_every", "train.progress")
+RESUMABLE_PREFIXES = ("eval.", "evals.")
 
 
 class ConfigMismatchError(RuntimeError):
@@ -47,10 +53,16 @@ def check_workdir(config, workdir: pathlib.Path, allow_config_change: bool = Fal
   path = workdir / "config.json"
   if not path.exists():
     return
-  old = _flatten(json.loads(path.read_text()))
+  try:
+    old = _flatten(json.loads(path.read_text()))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConfigMismatchError(
+        f"{path} is not valid JSON ({e}): the workdir's record of its config is damaged; "
+        "restore it, or use another --workdir") from None
   new = _flatten(config_to_dict(config))
   diff = sorted(k for k in set(old) | set(new)
-                if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+                if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+                and not k.startswith(RESUMABLE_PREFIXES))
   if diff and not allow_config_change:
     shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
     raise ConfigMismatchError(
@@ -70,14 +82,63 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   workdir = pathlib.Path(workdir)
   methods.get(config.method)  # an unknown method fails before anything is written
   check_workdir(config, workdir, allow_config_change)
-  workdir.mkdir(parents=True, exist_ok=True)
-  experiment.write_json(workdir / "config.json", config_to_dict(config))
-  return experiment.train_and_evaluate(config, workdir, terms=terms, evaluators=evaluators)
+  created = _make_workdir(workdir)
+  before = set(os.listdir(workdir))
+  started = []
+
+  def on_start(step):
+    # Only now is the run known to start (restored, or a first finite step):
+    # a run that fails at start-up leaves the workdir as it found it.
+    experiment.write_json(workdir / "config.json", config_to_dict(config))
+    started.append(step)
+
+  try:
+    with train.workdir_lock(workdir):
+      try:
+        return experiment.train_and_evaluate(config, workdir, terms=terms,
+                                             evaluators=evaluators, on_start=on_start)
+      except BaseException:
+        if not started:
+          _undo(workdir, before)
+        raise
+  finally:
+    if created and not started and workdir.is_dir() and not any(workdir.iterdir()):
+      workdir.rmdir()
+
+
+def _make_workdir(workdir: pathlib.Path) -> bool:
+  """Creates the workdir (True if it did), or says in one line why it cannot."""
+  if workdir.exists() and not workdir.is_dir():
+    raise ValueError(f"--workdir {workdir} is a file, not a directory")
+  created = not workdir.exists()
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create --workdir {workdir}: {e.strerror or e}") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir {workdir} is not writable")
+  return created
+
+
+def _undo(workdir: pathlib.Path, before: set[str]) -> None:
+  """Removes what a run that never started wrote (empty checkpoint folder, logs)."""
+  for name in set(os.listdir(workdir)) - before:
+    path = workdir / name
+    ckpt = path.name == "checkpoints" and path.is_dir() and not any(
+        p.name.isdigit() for p in path.iterdir())
+    if ckpt or name in (".lock", "tensorboard", "eval_history.jsonl", "pending_eval.json"):
+      shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def load_results(workdir: str | os.PathLike) -> dict | None:
   path = pathlib.Path(workdir) / "results.json"
-  return json.loads(path.read_text()) if path.exists() else None
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); delete it and the run is "
+                     "evaluated again from its final checkpoint") from None
 
 
 def summary_line(results: dict) -> str:

@@ -12,14 +12,21 @@ its workdir ends with the same parameters as one that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
+import gc
 import json
 import logging
 import math
 import os
 import pathlib
+import shutil
+import socket
 import sys
 import time
+import warnings
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -35,6 +42,44 @@ StepFn = Callable[[Any, Mapping[str, jax.Array], jax.Array], tuple[Any, Mapping[
 
 class NonFiniteLossError(FloatingPointError):
   """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of the workdir can be restored into this state."""
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another run holds the workdir."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | os.PathLike):
+  """Holds `workdir/.lock` (an exclusive `flock`) for the duration of a run.
+
+  The lock file names the holder (pid and host), so a second run in the same
+  workdir is refused with a message saying who has it. The kernel drops the
+  lock when its holder dies, so a killed run never leaves a stale lock.
+  """
+  path = pathlib.Path(workdir) / ".lock"
+  f = open(path, "a+")
+  try:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        raise
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      raise WorkdirLockedError(
+          f"{workdir} is in use by {holder} (lock {path}); wait for it to finish, "
+          "or use another --workdir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+    f.flush()
+    yield path
+  finally:
+    f.close()  # releases the flock
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -94,6 +139,9 @@ class LoopConfig:
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"config.train.{name} must be an integer >= 0 "
                          f"(0 = only at the end for *_every); got {value!r}")
+    if self.num_steps < 1:
+      raise ValueError(f"config.train.num_steps must be >= 1 (a run of {self.num_steps} "
+                       "steps would report an untrained model)")
     if self.max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1, got {self.max_to_keep}")
 
@@ -109,9 +157,14 @@ class _History:
     self.path = path
     self.rows: list[dict] = []
     if path.exists():
-      for line in path.read_text().splitlines():
+      for i, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
-          self.rows.append(json.loads(line))
+          try:
+            self.rows.append(json.loads(line))
+          except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {i} is not valid JSON ({e.msg}); the file is "
+                             "damaged: delete that line (or the file, losing the "
+                             "evaluation curve) to resume") from None
 
   def add(self, row: dict):
     self.rows = [r for r in self.rows if r["step"] != row["step"]] + [row]
@@ -144,6 +197,7 @@ def run(
     loop: LoopConfig,
     eval_fn: Callable[[Any, int], Mapping[str, float]] | None = None,
     mesh: Mesh | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> tuple[Any, list[dict]]:
   """Trains `state` to `loop.num_steps`, resuming from `workdir` if it can.
 
@@ -156,6 +210,9 @@ def run(
     rng: the run's base key; step `s` uses `fold_in(rng, s)`.
     eval_fn: `(state, step) -> {metric: float}`, run every `eval_every` steps
       and at the end.
+    on_start: called with the start step once the run is known to start: after
+      a checkpoint was restored, or after the first step gave finite metrics
+      (e.g. to write the workdir's config.json only then).
 
   Returns:
     The final state and the evaluation history (one dict per evaluation).
@@ -163,32 +220,39 @@ def run(
   Raises:
     NonFiniteLossError: a metric became NaN/inf; nothing after the last good
       checkpoint is saved.
+    CheckpointError: no checkpoint of the workdir can be restored into `state`
+      (a corrupt latest one falls back to an older intact one, saying so).
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = mesh or data_mesh()
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=loop.max_to_keep, create=True,
-      enable_async_checkpointing=False)
-  manager = ocp.CheckpointManager(
-      (workdir / "checkpoints").absolute(), options=options)
+  manager = _manager(workdir / "checkpoints", loop.max_to_keep)
   history = _History(workdir / "eval_history.jsonl")
+  pending = _Pending(workdir / "pending_eval.json")
 
   state = replicate(state, mesh)
-  latest = manager.latest_step()
-  if latest is not None:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+  latest = None
+  if manager.latest_step() is not None:
+    state, latest = _restore(manager, state, workdir)
     log.info("resumed from %s at step %d", workdir / "checkpoints", latest)
   start = int(jax.device_get(state.step))
+  if start > loop.num_steps:
+    log.warning("the checkpoint in %s is at step %d, past train.num_steps=%d: a model "
+                "cannot be trained backwards, so the model of step %d is evaluated and "
+                "reported", workdir / "checkpoints", start, loop.num_steps, start)
+  if latest is not None and on_start is not None:
+    on_start(start)
+    on_start = None
 
-  writer = _summary_writer(workdir)
+  writer = None
   step_jit = jit_step(step_fn, mesh)
   eval_every = loop.eval_every or loop.num_steps
   checkpoint_every = loop.checkpoint_every or loop.num_steps
 
   def evaluate(step, train_metrics=None):
+    nonlocal writer
     if eval_fn is None:
+      pending.clear()
       return
     t0 = time.time()
     metrics = {k: float(v) for k, v in eval_fn(state, step).items()
@@ -197,6 +261,8 @@ def run(
     # run's results show what its terms did.
     history.add({"step": step, **metrics,
                  **{f"train/{k}": v for k, v in (train_metrics or {}).items()}})
+    pending.clear()
+    writer = writer or _summary_writer(workdir)
     if writer is not None:
       for k, v in metrics.items():
         writer.add_scalar(_tag(f"eval/{k}"), v, step)
@@ -205,10 +271,21 @@ def run(
     log.info("eval at step %d (%.1fs): %s", step, time.time() - t0,
              " ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
 
-  pbar = _progress(start, loop.num_steps, enabled=loop.progress)
+  def has_row(step):
+    return any(r["step"] == step for r in history.rows)
+
+  pbar = None
   last_saved = latest
-  t_last, s_last = time.time(), start
+  metrics = None
   try:
+    # A kill between a checkpoint and its evaluation: evaluate that step now,
+    # with the training metrics saved beside the checkpoint.
+    if (latest is not None and latest < loop.num_steps and latest % eval_every == 0
+        and not has_row(latest)):
+      log.info("step %d was saved but not evaluated (interrupted): evaluating it now", latest)
+      evaluate(latest, pending.metrics(latest))
+    pbar = _progress(start, loop.num_steps, enabled=loop.progress)
+    t_last, s_last = time.time(), start
     for step in range(start, loop.num_steps):
       batch = shard_batch(batch_fn(step), mesh)
       new_state, metrics = step_jit(state, batch, jax.random.fold_in(rng, step))
@@ -220,36 +297,161 @@ def run(
             f"non-finite loss at step {step + 1}: {bad}" + (f" (finite: {good})" if good else "")
             + (f"; the last good checkpoint (step {last_saved}) in "
                f"{workdir / 'checkpoints'} is kept" if last_saved is not None
-               else "; no checkpoint had been saved yet"))
+               else "; no checkpoint had been saved yet (lower the learning rate?)"))
       state = new_state
+      if on_start is not None:
+        on_start(start)
+        on_start = None
       done = step + 1
       if pbar is not None:
         pbar.update(1)
         if done % max(1, loop.log_every) == 0 or done == loop.num_steps:
           pbar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()})
-      if writer is not None and (done % max(1, loop.log_every) == 0):
-        for k, v in metrics.items():
-          writer.add_scalar(_tag(f"train/{k}"), v, done)
-        now = time.time()
-        writer.add_scalar("train/steps_per_s", (done - s_last) / max(now - t_last, 1e-9), done)
-        t_last, s_last = now, done
+      if done % max(1, loop.log_every) == 0:
+        writer = writer or _summary_writer(workdir)
+        if writer is not None:
+          for k, v in metrics.items():
+            writer.add_scalar(_tag(f"train/{k}"), v, done)
+          now = time.time()
+          writer.add_scalar("train/steps_per_s", (done - s_last) / max(now - t_last, 1e-9), done)
+          t_last, s_last = now, done
+      due = done % eval_every == 0 or done == loop.num_steps
       if done % checkpoint_every == 0 or done == loop.num_steps:
+        if due and eval_fn is not None:
+          pending.write(done, metrics)  # before the save: a kill after it keeps them
         manager.save(done, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
         last_saved = done
       if done % eval_every == 0 and done != loop.num_steps:
         evaluate(done, metrics)
+    final = int(jax.device_get(state.step))
+    if not has_row(final):
+      evaluate(final, metrics if start < loop.num_steps else pending.metrics(final))
   finally:
     if pbar is not None:
       pbar.close()
     manager.wait_until_finished()
-  final = int(jax.device_get(state.step))
-  if not any(r["step"] == final for r in history.rows):
-    evaluate(final, metrics if start < loop.num_steps else None)
-  if writer is not None:
-    writer.close()
-  manager.close()
+    manager.close()
+    if writer is not None:
+      writer.close()  # on every path out: tensorboardX's atexit hook must find it closed
   return state, history.rows
+
+
+class _Pending:
+  """The training metrics of a saved step whose evaluation has not run yet."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    tmp = self.path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"step": step, "train": dict(metrics)}))
+    os.replace(tmp, self.path)
+
+  def metrics(self, step: int) -> dict | None:
+    try:
+      row = json.loads(self.path.read_text())
+    except (OSError, ValueError):
+      return None
+    return row.get("train") if row.get("step") == step else None
+
+  def clear(self) -> None:
+    self.path.unlink(missing_ok=True)
+
+
+def _manager(path: pathlib.Path, max_to_keep: int, read_only: bool = False):
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      enable_async_checkpointing=False)
+  return ocp.CheckpointManager(path.absolute(), options=options)
+
+
+def _one_line(e: BaseException) -> str:
+  """The gist of an orbax/tensorstore error: its first line, trimmed."""
+  text = str(e).strip().splitlines()
+  first = text[0] if text else type(e).__name__
+  return f"{type(e).__name__}: {first[:300]}"
+
+
+def _closed_loop_filter(hook):
+  """`sys.unraisablehook` without the noise of orbax's abandoned reads ("Event
+  loop is closed", or a read error raised again in a collected coroutine)."""
+  import traceback
+
+  def unraisable(u):
+    if "Event loop is closed" in str(u.exc_value):
+      return
+    if u.exc_traceback is not None and any(
+        "/orbax/" in f.filename for f in traceback.extract_tb(u.exc_traceback)):
+      return
+    hook(u)
+  return unraisable
+
+
+def quiet_closed_event_loops() -> None:
+  """For a command-line process: orbax's coroutines abandoned by a failed
+  restore may be collected as late as interpreter exit, each printing an
+  "Event loop is closed" traceback; the failure itself is reported in one line."""
+  sys.unraisablehook = _closed_loop_filter(sys.unraisablehook)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax logs a line per failed read when a restore fails, and its abandoned
+  coroutines print "Event loop is closed" once each when collected; the
+  caller says what failed in one line instead."""
+  names = ("absl", "orbax", "asyncio", "jax._src.distributed")
+  loggers = [logging.getLogger(n) for n in names]
+  levels = [l.level for l in loggers]
+  hook = sys.unraisablehook
+  for l in loggers:
+    l.setLevel(logging.CRITICAL)
+  sys.unraisablehook = _closed_loop_filter(hook)
+  try:
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
+      try:
+        yield
+      finally:
+        gc.collect()  # the abandoned coroutines go now, while the filter is on
+  finally:
+    sys.unraisablehook = hook
+    for l, level in zip(loggers, levels):
+      l.setLevel(level)
+
+
+def _restore(manager, state, workdir: pathlib.Path):
+  """Restores the newest checkpoint that can be read into `state`'s structure.
+
+  A checkpoint that cannot be read while an older one can is corrupt (a
+  config change would break both alike): it is moved to
+  `workdir/corrupt_checkpoints/` and the run resumes from the older one,
+  saying so. If none can be read, CheckpointError says why, moving nothing.
+  """
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  steps = sorted(manager.all_steps(), reverse=True)
+  errors = []
+  for step in steps:
+    try:
+      with _quiet_orbax():
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax/tensorstore raise many kinds: each is "unreadable"
+      errors.append((step, e))
+      continue
+    for bad, e in errors:
+      dest = workdir / "corrupt_checkpoints" / f"{bad}-{int(time.time())}"
+      dest.parent.mkdir(exist_ok=True)
+      shutil.move(str(workdir / "checkpoints" / str(bad)), dest)
+      log.warning("checkpoint %d in %s cannot be read (%s): moved to %s; resuming from "
+                  "step %d", bad, workdir / "checkpoints", _one_line(e), dest, step)
+    if errors:
+      manager.reload()
+    return restored, step
+  shown = ", ".join(str(s) for s in steps)
+  raise CheckpointError(
+      f"no checkpoint in {workdir / 'checkpoints'} (steps {shown}) can be restored into "
+      f"this run's model: {_one_line(errors[0][1])}. If the config changed (a different "
+      "model or code length), use another --workdir")
 
 
 def _progress(start: int, total: int, enabled: bool):
@@ -265,9 +467,12 @@ def latest_state(workdir: str | os.PathLike, abstract_state):
   path = (pathlib.Path(workdir) / "checkpoints").absolute()
   if not path.exists():
     return None
-  manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step()
-  if step is None:
-    return None
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  manager = _manager(path, 1, read_only=True)
+  try:
+    if manager.latest_step() is None:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    with _quiet_orbax():
+      return manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+  finally:
+    manager.close()

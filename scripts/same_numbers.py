@@ -40,11 +40,20 @@ def differences(a: dict, b: dict, allow_new: bool = False) -> list[str]:
 
 
 def main(argv):
+  if any(x in ("-h", "--help") for x in argv[1:]):
+    print(__doc__)
+    return 0
   allow_new = "--allow-new" in argv
   argv = [x for x in argv if x != "--allow-new"]
   if len(argv) != 3:
-    sys.exit(__doc__)
-  a, b = (json.load(open(p)) for p in argv[1:])
+    print(__doc__, file=sys.stderr)
+    print("error: expected two results.json paths", file=sys.stderr)
+    return 2
+  try:
+    a, b = (json.loads(open(p).read()) for p in argv[1:])
+  except (OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   diff = differences(a, b, allow_new)
   new = [f"{sec}: {k}" for sec in ("metrics", "curves", "baselines")
          for k in sorted(set(b.get(sec, {})) - set(a.get(sec, {})))]

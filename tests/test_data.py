@@ -241,7 +241,7 @@ def test_folder_cache(folder, tmp_path, monkeypatch):
   os.utime(root / "A" / "A_1.tif", ns=(1, 1))
   changed = rdata.load("folder", dir=root, cache_dir=cache)
   np.testing.assert_array_equal(changed.images[0], x)
-  assert len(_cache_entries(cache)) == 2
+  assert len(_cache_entries(cache)) == 1  # the new entry supersedes the old one
 
 
 def test_cache_off_and_env(folder, tmp_path, monkeypatch):

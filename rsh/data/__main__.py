@@ -150,9 +150,13 @@ def main(argv=None) -> int:
       ds = rdata.load(args.source, dir=args.dir, cache_dir=args.cache_dir, seed=args.seed,
                       n_per_class=args.n_per_class, **options)
     ds = rdata.select_bands(ds, args.bands)
-  except rdata.DataError as e:
+  except (rdata.DataError, ValueError) as e:
     # Bad input is the user's to fix: one clear line, no traceback.
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:
+    print(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e}",
+          file=sys.stderr)
     return 2
   if ds.multi_label and "s1" in (ds.views or {}):
     print(crossmodal_summary(ds, scan))

@@ -41,9 +41,9 @@ season table) filter the pairs by S2 name; `limit` then keeps a seeded random
 does not apply to multi-hot labels and is refused.
 
 Pairs are read in parallel and cached (`rsh.data.cache`), keyed by the bands,
-the size, the package version, and the names, sizes and mtimes of every file
-read. The package's tables are read once per process (the country table takes
-a few seconds). Only `bigearthnet_common.constants` is imported, never `.base`
+the size, the package version, and the names, sizes, mtimes and ctimes of
+every file read. The package's tables are read once per process (the country
+table takes a few seconds). Only `bigearthnet_common.constants` is imported, never `.base`
 or `.sets` (they need a `fastcore` that no longer exists).
 """
 
@@ -61,6 +61,7 @@ import json
 import logging
 import os
 import pathlib
+import stat as stat_
 import tarfile
 
 import numpy as np
@@ -275,21 +276,27 @@ def roots(dir, cache_dir=None) -> tuple[pathlib.Path, pathlib.Path]:
   if str(dir) == EXAMPLE:
     dir = example_root(cache_dir)
   root = pathlib.Path(dir).expanduser()
-  if not root.is_dir():
-    raise DataError(f"BigEarthNet folder {root} "
-                    f"{'is not a directory' if root.exists() else 'does not exist'}")
+  try:
+    is_dir = stat_.S_ISDIR(root.stat().st_mode)
+  except OSError as e:
+    if isinstance(e, FileNotFoundError) and not eurosat_folder._is_symlink(root):
+      raise DataError(f"BigEarthNet folder {root} does not exist") from None
+    raise DataError(f"BigEarthNet folder {root} {eurosat_folder._why(root, e)}") from None
+  if not is_dir:
+    raise DataError(f"BigEarthNet folder {root} is not a directory")
   for s2, s1 in ROOTS:
     if (root / s2).is_dir() and (root / s1).is_dir():
       return root / s2, root / s1
-  found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+  found = sorted(p.name for p in eurosat_folder._listdir(root, "BigEarthNet folder")
+                 if p.is_dir() and not p.name.startswith("."))
   raise DataError(f"{root} holds no BigEarthNet S2 and S1 roots side by side (found "
                   f"{', '.join(found) or 'no folders'}); source=bigearthnet needs {_LAYOUT}")
 
 
 def _patches(root: pathlib.Path) -> list[str]:
   """The patch folder names of a root, in natural name order."""
-  return sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                key=eurosat_folder.natural_key)
+  return sorted((p.name for p in eurosat_folder._listdir(root, "BigEarthNet root")
+                 if p.is_dir() and not p.name.startswith(".")), key=eurosat_folder.natural_key)
 
 
 def _metadata(folder: pathlib.Path, what: str) -> dict:
@@ -547,11 +554,18 @@ def load_with_scan(dir, *, bands=None, size=None, exclude=None, countries=None, 
         try:
           st = (folder / name).stat()
         except FileNotFoundError:
-          raise DataError(f"{what}: missing file {name} in {folder}") from None
-        out.append((folder.name, name, st.st_size, st.st_mtime_ns))
+          if not eurosat_folder._is_symlink(folder / name):
+            raise DataError(f"{what}: missing file {name} in {folder}") from None
+          raise DataError(f"{what}: {folder / name} "
+                          f"{eurosat_folder._why(folder / name, None)}") from None
+        except OSError as e:
+          raise DataError(f"{what}: {folder / name} "
+                          f"{eurosat_folder._why(folder / name, e)}") from None
+        out.append((folder.name, name, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return out
 
-  # Names, sizes and mtimes identify the content well enough, without reading it.
+  # Names, sizes, mtimes and ctimes identify the content, without reading it (a
+  # content write always moves the ctime, even when the mtime is set back).
   digest = hashlib.sha256()
   for stats in _parallel(stat, n, progress, "checking files"):
     digest.update(json.dumps(stats).encode())
@@ -585,7 +599,12 @@ def load_with_scan(dir, *, bands=None, size=None, exclude=None, countries=None, 
   ds = Dataset(images, found.labels, found.class_names, band_names, "bigearthnet",
                found.s2_files, views={"s1": s1}, splits=found.splits)
   log.info("read %d BigEarthNet S2 / S1 pairs from %s", n, found.s2_root.parent)
-  cache.write(entry, ds)
+  # The same pairs, bands and size read again after a file changed supersede
+  # the old entry (pruned); another selection (countries, limit) is kept beside it.
+  names = hashlib.sha256(json.dumps([found.s2_files, found.s1_files]).encode()).hexdigest()
+  cache.write(entry, ds, origin=dict(source="bigearthnet", dir=str(found.s2_root.parent.resolve()),
+                                     bands=band_names, size=size, package=_version(),
+                                     pairs=names))
   return ds, found
 
 

@@ -1,16 +1,20 @@
 """Source "folder": a folder of GeoTIFFs, `<dir>/<Class>/*.tif` (the EuroSAT-MS layout).
 
 Classes are the sub-folders sorted by name; files are read in parallel and
-cached (`rsh.data.cache`), keyed by their paths, sizes and mtimes.
+cached (`rsh.data.cache`), keyed by their paths, sizes, mtimes and ctimes (a
+copy that keeps the mtime, `cp -p` or `rsync -a`, cannot keep the ctime). An
+edited folder's older entries are removed once the new one is written.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import logging
 import os
 import pathlib
 import re
+import stat as stat_
 import sys
 
 import numpy as np
@@ -38,30 +42,94 @@ def _load(*, source, sub, dir, cache_dir, seed, n_per_class, progress, band_name
 
 
 def _list_folder(root: pathlib.Path):
-  """(class_names, [(relative path, label)]) of `root/<Class>/*.tif`."""
+  """(class_names, [(relative path, label, os.stat_result)]) of `root/<Class>/*.tif`.
+
+  Every problem with the layout is a DataError naming the file or folder: one
+  that does not exist, is no folder, cannot be listed or read (permissions),
+  a broken symlink or a symlink loop, a class folder linking back to a folder
+  above it, anything in a class folder that is not a GeoTIFF.
+  """
   if root is None:
     raise DataError("source=folder needs dir=<folder of <Class>/*.tif> (e.g. the "
                     "unzipped EuroSAT-MS download)")
-  if not root.exists():
-    raise DataError(f"data folder {root} does not exist")
-  if not root.is_dir():
+  try:
+    st = root.stat()
+  except FileNotFoundError:
+    if not _is_symlink(root):
+      raise DataError(f"data folder {root} does not exist") from None
+    raise DataError(f"data folder {root} {_why(root, None)}") from None
+  except OSError as e:
+    raise DataError(f"data folder {root} {_why(root, e)}") from None
+  if not stat_.S_ISDIR(st.st_mode):
     raise DataError(f"data folder {root} is not a directory")
-  classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+  real_root = root.resolve()
+  classes = []
+  for p in _listdir(root, "data folder"):
+    if p.name.startswith("."):
+      continue
+    kind = _stat(p)
+    if not stat_.S_ISDIR(kind.st_mode):
+      continue  # a README or checksum list beside the class folders
+    real = p.resolve()
+    if real == real_root or real_root.is_relative_to(real):
+      raise DataError(f"class folder {p} is a symlink to {real}, a folder holding it: a "
+                      "symlink loop")
+    classes.append(p.name)
+  classes.sort()
   if not classes:
     raise DataError(f"data folder {root} has no class folders (expected <Class>/*.tif)")
   files = []
   for label, name in enumerate(classes):
     found = []
-    for p in sorted((root / name).iterdir()):
+    for p in _listdir(root / name, "class folder"):
       if p.name.startswith("."):
         continue  # .DS_Store, editor swap files
-      if p.is_dir() or p.suffix.lower() not in TIFF_SUFFIXES:
+      st = _stat(p)
+      if stat_.S_ISDIR(st.st_mode) or p.suffix.lower() not in TIFF_SUFFIXES:
         raise DataError(f"{p}: not a .tif image; a class folder may only hold GeoTIFFs")
-      found.append((f"{name}/{p.name}", label))
+      found.append((f"{name}/{p.name}", label, st))
     if not found:
       raise DataError(f"class folder {root / name} has no .tif images")
     files.extend(sorted(found, key=lambda f: natural_key(f[0])))
   return tuple(classes), files
+
+
+def _is_symlink(p: pathlib.Path) -> bool:
+  try:
+    return p.is_symlink()
+  except OSError:
+    return False
+
+
+def _why(p: pathlib.Path, e: OSError | None) -> str:
+  """Why `p` cannot be read, in words (after `p`'s stat failed with `e`)."""
+  if e is not None and e.errno == errno.ELOOP:
+    return "is a symlink loop (it links, maybe through other links, back to itself)"
+  if (e is None or e.errno == errno.ENOENT) and _is_symlink(p):
+    try:
+      target = os.readlink(p)
+    except OSError:
+      target = "?"
+    return f"is a broken symlink (to {target}, which does not exist)"
+  if e is not None and e.errno in (errno.EACCES, errno.EPERM):
+    return "cannot be read: permission denied"
+  return f"cannot be read ({e.strerror if e is not None and e.strerror else e})"
+
+
+def _stat(p: pathlib.Path) -> os.stat_result:
+  """`p.stat()` (following symlinks), or a DataError naming `p`."""
+  try:
+    return p.stat()
+  except OSError as e:
+    raise DataError(f"{p} {_why(p, e)}") from None
+
+
+def _listdir(folder: pathlib.Path, what: str) -> list[pathlib.Path]:
+  """The entries of `folder`, sorted, or a DataError naming it."""
+  try:
+    return sorted(folder.iterdir())
+  except OSError as e:
+    raise DataError(f"{what} {folder} {_why(folder, e)}") from None
 
 
 def natural_key(name: str):
@@ -77,6 +145,8 @@ def _read_tiff(path: pathlib.Path, n_bands: int | None) -> np.ndarray:
   except Exception as e:  # tifffile raises many types on a broken file
     raise DataError(f"{path}: cannot read as TIFF ({type(e).__name__}: {e})") from None
   x = np.asarray(x)
+  if x.size == 0:
+    raise DataError(f"{path}: cannot read as TIFF (no pixels: a broken or empty file)")
   if x.ndim == 2:
     x = x[..., None]
   elif x.ndim == 3 and x.shape[1:] == (SIZE, SIZE) and x.shape[0] != SIZE:
@@ -121,17 +191,17 @@ def load_folder(dir, *, cache_dir=None, band_names=None, progress=None) -> Datas
   if band_names is not None:
     band_names = bands.resolve_bands(band_names)
 
-  # Paths, sizes and mtimes identify the content well enough, without reading it.
-  stats = []
-  for rel, _ in files:
-    st = (root / rel).stat()
-    stats.append((rel, st.st_size, st.st_mtime_ns))
+  # Paths, sizes, mtimes and ctimes identify the content, without reading it: a
+  # content write always moves the ctime, even when the mtime is set back.
+  stats = [(rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for rel, _, st in files]
   entry = cache.entry_path(cache_dir, "folder", [stats, band_names])
+  # One entry per folder and options: a new one supersedes those of older contents.
+  origin = dict(source="folder", dir=str(root.resolve()), band_names=band_names)
   ds = cache.read(entry)
   if ds is not None:
     return ds
 
-  paths = [root / rel for rel, _ in files]
+  paths = [root / rel for rel, _, _ in files]
   # tifffile logs what it dislikes before raising; our error names the file instead.
   tiff_log = logging.getLogger("tifffile")
   level = tiff_log.level
@@ -141,10 +211,10 @@ def load_folder(dir, *, cache_dir=None, band_names=None, progress=None) -> Datas
   finally:
     tiff_log.setLevel(level)
 
-  ds = Dataset(images, np.asarray([label for _, label in files], np.int32), classes,
-               band_names, "folder", tuple(rel for rel, _ in files))
+  ds = Dataset(images, np.asarray([label for _, label, _ in files], np.int32), classes,
+               band_names, "folder", tuple(rel for rel, _, _ in files))
   log.info("read %d GeoTIFFs from %s", len(ds), root)
-  cache.write(entry, ds)
+  cache.write(entry, ds, origin=origin)
   return ds
 
 
