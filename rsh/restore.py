@@ -1,0 +1,159 @@
+"""Loading a finished (or interrupted) run back from its workdir, e.g. in a notebook.
+
+    run = restore.load_run("runs/demo")           # config.json + latest checkpoint
+    codes = restore.encode(run, "query")["hash"]  # f32[n_query, bits], tanh codes
+
+A workdir written by `rsh.runs.run` (or `python -m rsh.main`) holds the run's
+`config.json` and orbax checkpoints under `checkpoints/`; `load_run` rebuilds
+what the runner had: the config, the prepared data (`rsh.data.prepare`, the
+same seeded split), the built method (`rsh.methods.get(config.method).build`)
+and the latest state (`rsh.train.latest_state`). Nothing is trained or written.
+
+`config_from_file("configs/uahm.py:demo,bits=32")` reads a config file of the
+repository the way `--config=` does, for notebooks that start a run themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+from rsh import data as rdata
+from rsh import experiment
+from rsh import methods
+from rsh import train as rtrain
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A run as the runner had it: config, prepared data, built method, state."""
+  workdir: pathlib.Path
+  config: ml_collections.ConfigDict
+  data: rdata.Prepared
+  method: experiment.Method
+  state: Any            # the method's state pytree (e.g. rsh.update.TrainState)
+  step: int             # the step of the restored checkpoint
+
+  @property
+  def finished(self) -> bool:
+    """Whether the checkpoint is the run's last step (`config.train.num_steps`)."""
+    return self.step >= int(self.config.train.num_steps)
+
+  @property
+  def results(self) -> dict | None:
+    """The workdir's results.json, or None before the run finished."""
+    path = self.workdir / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+  def labels(self, set_name: str) -> np.ndarray:
+    """The labels of a named set (`query`, `archive`, `train`, ...), in its row order."""
+    return np.asarray(self.data.labels[self.data.indices(set_name)])
+
+
+def config_from_file(spec: str | os.PathLike) -> ml_collections.ConfigDict:
+  """`"configs/uahm.py:demo,bits=32"` -> that file's `get_config("demo,bits=32")`.
+
+  A relative path is looked up from the current directory, then from the
+  repository root (so a notebook in `notebooks/` can say `configs/uahm.py`).
+  """
+  path, _, arg = str(spec).partition(":")
+  file = pathlib.Path(path)
+  if not file.is_absolute() and not file.exists():
+    file = REPO / path
+  if not file.exists():
+    raise FileNotFoundError(f"no config file {path!r} (looked in {os.getcwd()} and {REPO})")
+  module_spec = importlib.util.spec_from_file_location(f"rsh_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (its config.json) as a ConfigDict."""
+  workdir = pathlib.Path(workdir)
+  if not workdir.is_dir():
+    raise FileNotFoundError(f"{workdir} is not a directory: no run to load there")
+  path = workdir / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{workdir} holds no config.json: not the workdir of an rsh run "
+                            "(rsh.runs.run / python -m rsh.main write one)")
+  try:
+    raw = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from None
+  if not isinstance(raw, dict) or "method" not in raw:
+    raise ValueError(f"{path} is not an rsh config (no 'method' key)")
+  return ml_collections.ConfigDict(raw)
+
+
+def latest_step(workdir: str | os.PathLike) -> int | None:
+  """The step of the workdir's latest finished checkpoint, or None when it has none
+  (orbax names each finished one by its step; unfinished ones carry a suffix)."""
+  path = pathlib.Path(workdir) / "checkpoints"
+  steps = [int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit()] \
+      if path.is_dir() else []
+  return max(steps, default=None)
+
+
+def load_run(workdir: str | os.PathLike, terms: Mapping[str, Any] | None = None) -> Run:
+  """Restores the latest checkpoint of `workdir` (see the module docstring).
+
+  `terms`: the extra loss terms the run was trained with (`rsh.runs.run(...,
+  terms=)`), needed to build the method again when `config.losses` names one
+  that is not registered in `rsh.losses.LOSSES`.
+
+  Raises:
+    FileNotFoundError: no such workdir, no config.json, or no checkpoint in it.
+    ValueError: config.json is not an rsh config, or names an unknown loss term.
+  """
+  workdir = pathlib.Path(workdir)
+  config = read_config(workdir)
+  if latest_step(workdir) is None:
+    raise FileNotFoundError(f"{workdir} holds no checkpoint ({workdir / 'checkpoints'} is "
+                            "missing or empty): train the run first")
+  data = rdata.prepare(config)
+  module = methods.get(config.method)
+  try:
+    method = module.build(config, data, terms=terms)
+  except ValueError as e:
+    if "unknown loss term" in str(e):
+      raise ValueError(f"{e}; if the run in {workdir} was trained with terms of its own, pass "
+                       "them again: restore.load_run(workdir, terms={...})") from None
+    raise
+  # Only the structure is needed to restore into: no parameters are computed.
+  abstract = jax.eval_shape(method.init, jax.random.PRNGKey(int(config.seed)))
+  state = rtrain.latest_state(workdir, abstract)
+  if state is None:
+    raise FileNotFoundError(f"{workdir}: orbax found no finished checkpoint in "
+                            f"{workdir / 'checkpoints'}")
+  return Run(workdir=workdir, config=config, data=data, method=method, state=state,
+             step=int(jax.device_get(state.step)))
+
+
+def encode(run: Run, set_name: str, view: str | None = None) -> dict[str, np.ndarray]:
+  """The method's encoder outputs for a named set, e.g. `{"hash": f32[n, l], "feature": ...}`.
+
+  `view` is the data view encoded (default: the one the run trained on,
+  `config.data.input`); a method with one encoder per view (cross-modal) uses
+  that view's encoder.
+  """
+  data = run.data
+  data.indices(set_name)  # a clear error for an unknown set
+  view = data.view_name(view if view is not None else run.config.data.get("input"))
+  enc = run.method.encode
+  if run.method.encoders is not None:
+    if view not in run.method.encoders:
+      raise ValueError(f"the method encodes the views {', '.join(run.method.encoders)}, "
+                       f"not {view!r}")
+    enc = run.method.encoders[view]
+  return {k: np.asarray(v) for k, v in enc(run.state, data.x(set_name, view)).items()}
