@@ -187,7 +187,7 @@ from rsh import runs
 config.train.num_steps = STEPS
 config.train.eval_every = max(1, STEPS // 10)
 config.train.checkpoint_every = max(1, STEPS // 2)
-config.train.log_every = max(1, STEPS // 10)
+config.train.log_every = max(1, STEPS // 60)
 config.train.progress = False
 
 t0 = time.time()
@@ -198,25 +198,25 @@ print(runs.summary_line(results))
     md('''
 ## Loss curves
 
-`eval_history.jsonl` has one row per evaluation; the `train/d/<term>` and
-`train/g/<term>` columns are each term's unweighted value at that step,
-`train/d_loss` / `train/g_loss` the weighted sums. The new `balance` term is there
-beside the built-in ones.
+`train_history.jsonl` has one row every `log_every` steps with each term's
+unweighted value at that step (`d/<term>`, `g/<term>`; `d_loss` / `g_loss` are the
+weighted sums). The new `balance` term is there beside the built-in ones.
+`eval_history.jsonl` has the same columns (as `train/...`) at each evaluation.
 '''),
     code('''
-history = [json.loads(line) for line in (WORKDIR / "eval_history.jsonl").read_text().splitlines()
-           if line.strip()]
-history = sorted(history, key=lambda r: r["step"])
-steps = [r["step"] for r in history]
-term_keys = sorted({k for r in history for k in r
-                    if k.startswith(("train/d/", "train/g/"))})
-assert "train/d/balance" in term_keys, term_keys
-print("terms in the history:", term_keys)
+from rsh import train
+
+curve = train.read_train_history(WORKDIR)
+steps = [r["step"] for r in curve]
+term_keys = sorted({k for r in curve for k in r if k.startswith(("d/", "g/"))})
+assert "d/balance" in term_keys, term_keys
+print(len(curve), "rows; terms:", term_keys)
+history = sorted(results["history"], key=lambda r: r["step"])  # one row per evaluation
 
 fig, axes = plt.subplots(1, len(term_keys), figsize=(3.2 * len(term_keys), 3), squeeze=False)
 for ax, key in zip(axes[0], term_keys):
-    ax.plot(steps, [r.get(key, np.nan) for r in history], "-o", markersize=3)
-    ax.set_title(key.removeprefix("train/"), fontsize=9)
+    ax.plot(steps, [r.get(key, np.nan) for r in curve], "-", linewidth=1)
+    ax.set_title(key, fontsize=9)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
 save_and_show(fig, "loss_terms.png");

@@ -88,6 +88,11 @@ class Evaluator:
         raise ValueError(f"{where}={value} is larger than the archive {archive!r} of "
                          f"config.evals.{self.name} ({size} images); lower it")
 
+  def precheck(self, state) -> None:
+    """Called once with the initial state before training: refuse what would
+    only fail at the first evaluation (default: nothing to check)."""
+    del state
+
   def run(self, state, final: bool) -> dict[str, Any]:
     raise NotImplementedError
 
@@ -135,14 +140,23 @@ class Retrieval(Evaluator):
         ctx.encoder(view)  # a view the method has no encoder for, before training
     self.last = None
 
+  def precheck(self, state) -> None:
+    """Encodes two query rows with the initial state: an output the encoder does
+    not have is refused before training, not after it."""
+    rows = self.ctx.data.x(self.query, self.query_input)[:2]
+    self._check_outputs(self.ctx.encoder(self.query_input)(state, rows))
+
+  def _check_outputs(self, out) -> None:
+    for key in filter(None, (self.codes, self.vectors)):
+      if key not in out:
+        raise ValueError(f"config.evals.{self.name}: the encoder has no output {key!r}; "
+                         f"it has {sorted(out)}")
+
   def run(self, state, final):
     data = self.ctx.data
     q_out = self.ctx.encoder(self.query_input)(state, data.x(self.query, self.query_input))
     a_out = self.ctx.encoder(self.archive_input)(state, data.x(self.archive, self.archive_input))
-    for key in filter(None, (self.codes, self.vectors)):
-      if key not in q_out:
-        raise ValueError(f"config.evals.{self.name}: the encoder has no output {key!r}; "
-                         f"it has {sorted(q_out)}")
+    self._check_outputs(q_out)
     ql, al = data.labels[data.indices(self.query)], data.labels[data.indices(self.archive)]
     out = {}
     if self.codes:

@@ -222,6 +222,9 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   state = method.init(init_rng)
+  for ev in evals.values():
+    if hasattr(ev, "precheck"):  # an evaluator class from elsewhere may not have it
+      ev.precheck(state)
   done: dict[int, dict] = {}   # step -> full results of the evaluation at that step
 
   def evaluate(state, step: int) -> dict[str, dict]:

@@ -97,12 +97,8 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def latest_step(workdir: str | os.PathLike) -> int | None:
-  """The step of the workdir's latest finished checkpoint, or None when it has none
-  (orbax names each finished one by its step; unfinished ones carry a suffix)."""
-  path = pathlib.Path(workdir) / "checkpoints"
-  steps = [int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit()] \
-      if path.is_dir() else []
-  return max(steps, default=None)
+  """The step of the workdir's latest checkpoint, or None when it has none."""
+  return rtrain.latest_step(workdir)
 
 
 def load_run(workdir: str | os.PathLike, terms: Mapping[str, Any] | None = None) -> Run:

@@ -126,7 +126,8 @@ def _undo(workdir: pathlib.Path, before: set[str]) -> None:
     path = workdir / name
     ckpt = path.name == "checkpoints" and path.is_dir() and not any(
         p.name.isdigit() for p in path.iterdir())
-    if ckpt or name in (".lock", "tensorboard", "eval_history.jsonl", "pending_eval.json"):
+    if ckpt or name in (".lock", "tensorboard", "eval_history.jsonl", "train_history.jsonl",
+                        "pending_eval.json"):
       shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 

@@ -134,14 +134,15 @@ class LoopConfig:
   progress: bool = True
 
   def __post_init__(self):
-    for name in ("num_steps", "checkpoint_every", "eval_every", "log_every"):
+    n = self.num_steps
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+      raise ValueError(f"config.train.num_steps must be an integer >= 1 (a run of no steps "
+                       f"would report an untrained model); got {n!r}")
+    for name in ("checkpoint_every", "eval_every", "log_every"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"config.train.{name} must be an integer >= 0 "
-                         f"(0 = only at the end for *_every); got {value!r}")
-    if self.num_steps < 1:
-      raise ValueError(f"config.train.num_steps must be >= 1 (a run of {self.num_steps} "
-                       "steps would report an untrained model)")
+                         f"(0 = only at the end); got {value!r}")
     if self.max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1, got {self.max_to_keep}")
 
@@ -203,7 +204,8 @@ def run(
 
   Args:
     workdir: checkpoints go to `workdir/checkpoints`, TensorBoard events to
-      `workdir/tensorboard`, the eval curve to `workdir/eval_history.jsonl`.
+      `workdir/tensorboard`, the eval curve to `workdir/eval_history.jsonl`, the
+      step's metrics every `log_every` steps to `workdir/train_history.jsonl`.
     state: the initial state pytree; it must hold an integer leaf `step`.
     step_fn: pure `(state, batch, rng) -> (state, metrics)`; metrics are scalars.
     batch_fn: `step -> {name: array[global_batch, ...]}`, a pure function of step.
@@ -277,6 +279,7 @@ def run(
   pbar = None
   last_saved = latest
   metrics = None
+  train_log = _TrainLog(workdir / "train_history.jsonl", start)
   try:
     # A kill between a checkpoint and its evaluation: evaluate that step now,
     # with the training metrics saved beside the checkpoint.
@@ -308,6 +311,7 @@ def run(
         if done % max(1, loop.log_every) == 0 or done == loop.num_steps:
           pbar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()})
       if done % max(1, loop.log_every) == 0:
+        train_log.add(done, metrics)
         writer = writer or _summary_writer(workdir)
         if writer is not None:
           for k, v in metrics.items():
@@ -330,11 +334,74 @@ def run(
   finally:
     if pbar is not None:
       pbar.close()
+    train_log.close()
     manager.wait_until_finished()
     manager.close()
     if writer is not None:
       writer.close()  # on every path out: tensorboardX's atexit hook must find it closed
   return state, history.rows
+
+
+class _TrainLog:
+  """The step's metrics every `log_every` steps as JSON lines (train_history.jsonl),
+  so the loss curves outlive TensorBoard. On resume, rows past the restored step
+  (trained again now) and a line cut by a kill are dropped."""
+
+  def __init__(self, path: pathlib.Path, start: int):
+    self.path = path
+    rows, rewrite = [], False
+    if path.exists():
+      for line in path.read_text().splitlines():
+        try:
+          row = json.loads(line)
+        except ValueError:
+          rewrite = True
+          continue
+        if isinstance(row, dict) and row.get("step", start + 1) <= start:
+          rows.append(row)
+        else:
+          rewrite = True
+    if rewrite:
+      tmp = path.with_suffix(".tmp")
+      tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+      os.replace(tmp, path)
+    self.file = None
+
+  def add(self, step: int, metrics: Mapping[str, float]) -> None:
+    if self.file is None:
+      self.file = open(self.path, "a")
+    self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+    self.file.flush()
+
+  def close(self) -> None:
+    if self.file is not None:
+      self.file.close()
+
+
+def read_train_history(workdir: str | os.PathLike) -> list[dict]:
+  """The rows of `workdir/train_history.jsonl`: {"step": s, <metric>: value, ...}."""
+  path = pathlib.Path(workdir) / "train_history.jsonl"
+  if not path.exists():
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      continue  # a line cut by a kill
+  return rows
+
+
+def latest_step(workdir: str | os.PathLike) -> int | None:
+  """The step of the workdir's latest checkpoint, or None when it has none."""
+  path = (pathlib.Path(workdir) / "checkpoints").absolute()
+  if not path.is_dir():
+    return None
+  manager = _manager(path, 1, read_only=True)
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
 
 
 class _Pending:
@@ -389,10 +456,12 @@ def _closed_loop_filter(hook):
 
 
 def quiet_closed_event_loops() -> None:
-  """For a command-line process: orbax's coroutines abandoned by a failed
-  restore may be collected as late as interpreter exit, each printing an
-  "Event loop is closed" traceback; the failure itself is reported in one line."""
+  """For a command-line process: orbax's reads abandoned by a failed restore may
+  be collected as late as interpreter exit, each printing an "Event loop is
+  closed" traceback or asyncio's "Task exception was never retrieved"; the
+  failure itself is reported in one line. (rsh itself runs no event loop.)"""
   sys.unraisablehook = _closed_loop_filter(sys.unraisablehook)
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager

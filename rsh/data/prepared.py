@@ -213,7 +213,12 @@ def prepare(config) -> Prepared:
   elif labels.ndim == 2:
     split = rsplit.random_split(len(labels), d.n_query, d.get("n_train"), config.seed)
   else:
-    split = rsplit.paper_split(labels, d.n_query, d.get("n_train"), config.seed)
+    try:
+      split = rsplit.paper_split(labels, d.n_query, d.get("n_train"), config.seed,
+                                 class_names=ds.class_names)
+    except rbands.DataError as e:  # named as the user sets them
+      raise rbands.DataError(str(e).replace("n_query=", "config.data.n_query=").replace(
+          "n_train=", "config.data.n_train=")) from None
   log.info("data: %s, %d images, %d classes, bands %s; %d query / %d archive / %d train",
            d.source, len(labels), len(ds.class_names), " ".join(bands),
            len(split.query), len(split.archive), len(split.train))
