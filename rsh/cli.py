@@ -31,25 +31,6 @@ def _last_line(text: str) -> str:
   return " ".join(l.strip() for l in lines)
 
 
-def parse_flags(argv):
-  """absl's flag parsing, with every failure as one `error:` line, exit 2."""
-  try:
-    return flags.FLAGS(argv)
-  except SystemExit:  # absl's --help prints the help, then exits 1: asked for, so 0
-    if any(a.split("=")[0] in ("--help", "-h", "--helpshort", "--helpfull", "-?")
-           for a in argv[1:]):
-      sys.exit(0)
-    raise
-  except flags.UnrecognizedFlagError as e:
-    fail(f"{e}; see --help")
-  except flags.Error as e:
-    fail(_last_line(str(e)))
-  except (AttributeError, KeyError) as e:  # an override of a key the config lacks
-    fail(_unknown_override(argv) or f"unknown config key {e}")
-  except (TypeError, ValueError) as e:     # an override of the wrong type
-    fail(f"bad config override: {e}")
-
-
 def parse_flags(argv, unknown_key: Callable[[list], str | None] = lambda argv: None):
   """absl's flag parsing, with every failure as one `error:` line, exit 2.
 
