@@ -3,6 +3,8 @@
     python benchmarks/train_step.py                      # batch 64, CPU, both frameworks
     python benchmarks/train_step.py --batch=64,256       # several batch sizes (GPU)
     python benchmarks/train_step.py --no-torch           # rsh only
+    python benchmarks/train_step.py --impl=phase,xla --cpu_conv=eigen,ynnpack \\
+        --g_pass=shared,separate                         # every form (xla G: slow on CPU)
 
 One step = one Adam update of D (adversarial + 0.1 binary + 0.1 semantic, real
 and generated images as separate BatchNorm batches) then one of G through the
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -34,12 +37,19 @@ def parse():
   p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--threads", type=int, default=os.cpu_count())
-  p.add_argument("--impl", default="phase", help="rsh generator conv impl(s): phase,xla")
+  p.add_argument("--impl", default="phase",
+                 help="rsh conv impl(s), config.model.conv_impl: phase,xla")
+  p.add_argument("--cpu_conv", default="eigen",
+                 help="XLA:CPU convolution kernels, config.train.cpu_conv: eigen,ynnpack "
+                      "(a process-wide XLA flag: each after the first runs in a child process)")
+  p.add_argument("--json_only", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--g_pass", default="shared",
+                 help="G's forward pass once or twice, config.model.g_pass: shared,separate")
   p.add_argument("--no-torch", action="store_true")
   return p.parse_args()
 
 
-def rsh_step(batch: int, bits: int, channels: int, impl: str):
+def rsh_step(batch: int, bits: int, channels: int, impl: str, g_pass: str = "shared"):
   """Builds the real rsh UAHM step; returns (run_one_step, n_params)."""
   import jax
   import jax.numpy as jnp
@@ -53,6 +63,7 @@ def rsh_step(batch: int, bits: int, channels: int, impl: str):
   spec.loader.exec_module(module)
   config = module.get_config(f"full,bits={bits}")
   config.model.conv_impl = impl
+  config.model.g_pass = g_pass
   gen, disc = uahm.build_models(config)
   if disc.channels != channels:
     raise SystemExit(f"--channels={channels}: the ms10 config has {disc.channels}")
@@ -62,7 +73,7 @@ def rsh_step(batch: int, bits: int, channels: int, impl: str):
       [net.params for net in state.nets.values()]))
   step = rtrain.jit_step(uahm.make_train_step(config, gen, disc), mesh)
   rng = np.random.default_rng(0)
-  host = {"image": rng.uniform(-1, 1, (batch, 64, 64, channels)).astype(np.float32),
+  host = {"x": rng.uniform(-1, 1, (batch, 64, 64, channels)).astype(np.float32),
           "similarity": rng.choice(np.array([-1, 1], np.int8), (batch, batch))}
   data = rtrain.shard_batch(host, mesh)
   key = jax.random.PRNGKey(1)
@@ -161,46 +172,77 @@ def measure(run, steps: int, warmup: int) -> float:
 
 def main():
   args = parse()
+  convs = args.cpu_conv.split(",")
+  child_env = dict(os.environ)  # before this process sets its own XLA flag
+  from rsh import train as rtrain
+  if not rtrain.set_cpu_conv(convs[0]):
+    raise SystemExit(f"--cpu_conv={convs[0]}: XLA_FLAGS already sets "
+                     "--xla_cpu_experimental_ynn_fusion_type otherwise")
   import jax
   backend = jax.default_backend()
   device = jax.devices()[0].device_kind
   batches = [int(b) for b in args.batch.split(",")]
-  impls = args.impl.split(",")
-  rows, result = [], {"backend": backend, "device": device, "threads": args.threads,
-                      "bits": args.bits, "channels": args.channels}
+  forms = [(impl, g_pass) for impl in args.impl.split(",") for g_pass in args.g_pass.split(",")]
+  conv = convs[0] if backend == "cpu" else None
+  rows, result = [], {"benchmark": "train_step", "backend": backend, "device": device,
+                      "threads": args.threads, "bits": args.bits, "channels": args.channels}
   for b in batches:
     ref = None
+    torch_run = None
     if not args.no_torch and backend == "cpu":
-      run, n_torch = torch_step(b, args.bits, args.channels, args.threads)
-      t = measure(run, args.steps, args.warmup)
-      ref = t
-      rows.append(("pytorch", b, t, b / t, 1.0))
-      result[f"torch_b{b}_img_per_s"] = b / t
-    for impl in impls:
-      run, n_rsh = rsh_step(b, args.bits, args.channels, impl)
+      torch_run, n_torch = torch_step(b, args.bits, args.channels, args.threads)
+      ref = measure(torch_run, args.steps, args.warmup)
+    for impl, g_pass in forms:
+      run, n_rsh = rsh_step(b, args.bits, args.channels, impl, g_pass)
       t0 = time.perf_counter()
       run()  # compile
       compile_s = time.perf_counter() - t0
       t = measure(run, args.steps, max(args.warmup - 1, 0))
-      rows.append((f"rsh ({impl})", b, t, b / t, (ref / t) if ref else float("nan")))
-      result[f"rsh_{impl}_b{b}_img_per_s"] = b / t
-      result[f"rsh_{impl}_b{b}_compile_s"] = compile_s
-      if ref:
-        result[f"rsh_{impl}_b{b}_vs_torch"] = ref / t
-        if n_rsh != n_torch:
-          print(f"warning: parameter counts differ: rsh {n_rsh:,} vs torch {n_torch:,}",
-                file=sys.stderr)
-        result["params"] = n_rsh
+      name = "/".join(x for x in (impl, conv, g_pass) if x)
+      rows.append((f"rsh ({name})", b, t, b / t, compile_s))
+      result[f"rsh_{name}_b{b}_img_per_s"] = b / t
+      result[f"rsh_{name}_b{b}_compile_s"] = compile_s
+      if torch_run is not None and n_rsh != n_torch:
+        print(f"warning: parameter counts differ: rsh {n_rsh:,} vs torch {n_torch:,}",
+              file=sys.stderr)
+      result["params"] = n_rsh
       if backend != "cpu" and b == 64:
-        result[f"rsh_{impl}_30k_steps_s"] = 30_000 * t
-  print(f"UAHM train step (D then G), {backend} ({device}), {args.threads} threads, "
-        f"{args.bits} bits, {args.channels} bands")
-  print(f"{'impl':<14}{'batch':>6}{'s/step':>10}{'img/s':>10}{'vs torch':>10}")
-  for name, b, t, ips, ratio in rows:
-    print(f"{name:<14}{b:>6}{t:>10.3f}{ips:>10.1f}{ratio:>10.2f}")
-  for key, value in result.items():
-    if key.endswith("30k_steps_s"):
-      print(f"full 30,000-step run at batch 64 ({key}): {value / 60:.1f} min")
+        result[f"rsh_{name}_30k_steps_s"] = 30_000 * t
+    if backend == "cpu":
+      for other in convs[1:]:  # a flag XLA reads once per process: a child each
+        cmd = [sys.executable, __file__, f"--batch={b}", f"--bits={args.bits}",
+               f"--channels={args.channels}", f"--steps={args.steps}",
+               f"--warmup={args.warmup}", f"--threads={args.threads}", f"--impl={args.impl}",
+               f"--g_pass={args.g_pass}", f"--cpu_conv={other}", "--no-torch", "--json_only"]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=child_env)
+        if done.returncode:
+          raise SystemExit(f"--cpu_conv={other} (child process) failed:\n{done.stderr[-2000:]}")
+        child = json.loads(done.stdout.strip().splitlines()[-1])
+        for impl, g_pass in forms:
+          name = f"{impl}/{other}/{g_pass}"
+          ips = child[f"rsh_{name}_b{b}_img_per_s"]
+          result[f"rsh_{name}_b{b}_img_per_s"] = ips
+          result[f"rsh_{name}_b{b}_compile_s"] = child[f"rsh_{name}_b{b}_compile_s"]
+          rows.append((f"rsh ({name})", b, b / ips, ips, child[f"rsh_{name}_b{b}_compile_s"]))
+    if torch_run is not None:
+      # PyTorch again after rsh: the reference is the faster of its two
+      # measurements, so a machine that got busier only flatters PyTorch.
+      ref = min(ref, measure(torch_run, args.steps, 1))
+      rows.insert(len(rows) - len(forms) * len(convs), ("pytorch", b, ref, b / ref, float("nan")))
+      result[f"torch_b{b}_img_per_s"] = b / ref
+      for key in [k for k in result if k.endswith(f"_b{b}_img_per_s") and k.startswith("rsh_")]:
+        result[key.replace("_img_per_s", "_vs_torch")] = result[key] * ref / b
+  if not args.json_only:
+    print(f"UAHM train step (D then G), {backend} ({device}), {args.threads} threads, "
+          f"{args.bits} bits, {args.channels} bands")
+    print(f"{'form (impl/cpu_conv/g_pass)':<30}{'batch':>6}{'s/step':>10}{'img/s':>10}"
+          f"{'vs torch':>10}{'compile s':>11}")
+    for name, b, t, ips, compile_s in rows:
+      vs = result.get(f"rsh_{name[5:-1]}_b{b}_vs_torch", float("nan")) if name != "pytorch" else 1.0
+      print(f"{name:<30}{b:>6}{t:>10.3f}{ips:>10.1f}{vs:>10.2f}{compile_s:>11.1f}")
+    for key, value in result.items():
+      if key.endswith("30k_steps_s"):
+        print(f"full 30,000-step run at batch 64 ({key}): {value / 60:.1f} min")
   print(json.dumps(result))
 
 

@@ -118,7 +118,8 @@ def base(a, *, method: str, name: str, bands: str) -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.5, b2=0.999, eps=1e-8))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, num_steps=30_000, eval_every=2_500, checkpoint_every=500,
-      log_every=50, progress=True))
+      log_every=50, progress=True,
+      cpu_conv="eigen"))  # XLA:CPU convolution kernels (rsh.train.set_cpu_conv)
   # Shared defaults of every evaluator (each may set its own k, n, pr_step).
   c.eval = ml_collections.ConfigDict(dict(k=100, n=20, pr_step=500))
   return c

@@ -105,6 +105,10 @@ def main(argv):
   from rsh import runs
   from rsh import train
   train.quiet_closed_event_loops()
+  try:  # XLA reads its flags when jax's backend starts: before anything runs
+    train.set_cpu_conv(config.train.get("cpu_conv", "eigen"))
+  except ValueError as e:
+    fail(str(e))
   try:
     results = runs.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
   except (ValueError, OSError, runs.ConfigMismatchError, train.NonFiniteLossError,

@@ -304,6 +304,7 @@ def main(argv):
     sys.exit(2)
   created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)
+  train.set_cpu_conv()  # XLA's CPU convolution kernels, before jax's backend starts
   # Identical programs across seeds compile once.
   import jax
   cache = pathlib.Path(os.environ.get("RSH_CACHE_DIR") or pathlib.Path.home() / ".cache/rsh")

@@ -90,6 +90,34 @@ def update_net(net: NetState, tx: optax.GradientTransformation, forward: Forward
   return new, {f"{prefix}_loss": total, **{f"{prefix}/{k}": v for k, v in values.items()}}
 
 
+def update_net_from(net: NetState, tx: optax.GradientTransformation, y: Any, pull: Callable,
+                    stats: Any, head: Callable[[Any], Mapping[str, Any]],
+                    terms: Sequence[rlosses.Bound], batch: Mapping[str, Any], prefix: str
+                    ) -> tuple[NetState, dict[str, jax.Array]]:
+  """`update_net` for a network whose forward pass has already run.
+
+  The same update as `update_net(net, tx, lambda p: (head(f(p)), stats), ...)`
+  where `y, pull, stats = jax.vjp(f, net.params, has_aux=True)`: the loss's
+  gradient w.r.t. `y` is pulled back through the saved pass (the chain rule
+  reverse mode applies anyway), so a pass already needed elsewhere (UAHM's G
+  makes the images D's step reads) is not run twice.
+
+  Args:
+    y: the network's output; `pull`: its vjp; `stats`: its new BatchNorm statistics.
+    head: `y -> outputs` the terms read (the rest of the forward pass, e.g. a frozen D).
+  """
+  def loss_fn(y):
+    total, values = rlosses.total_loss(terms, {**batch, **head(y)})
+    return total, values
+
+  (total, values), g_y = jax.value_and_grad(loss_fn, has_aux=True)(y)
+  grads, = pull(g_y)
+  updates, opt_state = tx.update(grads, net.opt_state, net.params)
+  new = NetState(params=optax.apply_updates(net.params, updates), batch_stats=stats,
+                 opt_state=opt_state)
+  return new, {f"{prefix}_loss": total, **{f"{prefix}/{k}": v for k, v in values.items()}}
+
+
 def in_batches(fn: Callable[[jax.Array], Mapping[str, jax.Array]], images,
                batch_size: int = 256) -> dict[str, np.ndarray]:
   """`fn` over `images` in fixed-size chunks (one compilation), on the host."""

@@ -1,5 +1,7 @@
 """Tests of rsh.models.layers and rsh.models.dcgan against thesis Tables 5.4 / 5.5."""
 
+import pathlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -86,6 +88,57 @@ def test_conv_transpose2x_equals_flax(impl, k, h, w, cin, cout):
   # Gradients w.r.t. kernel, bias and input.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5),
                grads, grads_ref)
+
+
+@pytest.mark.parametrize("impl", layers.IMPLS)
+@pytest.mark.parametrize("k, s, h, w, cin, cout", [
+    (3, 2, 8, 8, 3, 5),      # the discriminator's stride-2 layers
+    (3, 2, 6, 4, 2, 3),      # non-square
+    (5, 2, 8, 8, 2, 3),      # other kernel sizes: the phase split is generic
+    (4, 2, 6, 6, 2, 2),
+    (1, 2, 4, 4, 3, 2),
+    (3, 2, 5, 5, 2, 2),      # odd sizes: the plain convolution (no phase form)
+    (3, 1, 5, 4, 3, 4),      # stride 1
+])
+def test_conv_equals_flax(impl, k, s, h, w, cin, cout):
+  rng = np.random.default_rng(k * 1000 + s * 100 + h * 10 + cin)
+  x = jnp.asarray(rng.normal(size=(2, h, w, cin)), jnp.float32)
+  ref = nn.Conv(cout, (k, k), strides=(s, s), padding="SAME")
+  mine = layers.Conv(cout, (k, k), strides=s, impl=impl)
+  v_ref = jax.jit(ref.init)(jax.random.PRNGKey(1), x)
+  v = jax.jit(mine.init)(jax.random.PRNGKey(1), x)
+  jax.tree.map(np.testing.assert_array_equal, v, v_ref)  # same parameters
+  v = {"params": {"kernel": v["params"]["kernel"],
+                  "bias": jnp.asarray(rng.normal(size=(cout,)), jnp.float32)}}
+  g = jnp.asarray(rng.normal(size=(2, -(-h // s), -(-w // s), cout)), jnp.float32)
+
+  @jax.jit
+  def forward_and_grads(v, x):
+    y, pull = jax.vjp(mine.apply, v, x)
+    y_ref, pull_ref = jax.vjp(ref.apply, v, x)
+    return y, y_ref, pull(g), pull_ref(g)
+
+  y, y_ref, grads, grads_ref = forward_and_grads(v, x)
+  np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+               grads, grads_ref)
+
+
+def test_conv_stride2_phase_gradient_is_not_xla_path():
+  # The phase form really replaces XLA's dilated-gradient convolution: no
+  # lhs_dilate convolution is left in the compiled input gradient.
+  x, kernel = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  grad = lambda impl: jax.jit(jax.grad(lambda x: layers.conv(x, kernel, 2, impl).sum()))
+  hlo = lambda impl: grad(impl).lower(x).as_text("hlo")
+  assert "lhs_dilate" in hlo("xla") and "lhs_dilate" not in hlo("phase")
+
+
+def test_down_phase_taps_stride2_3x3():
+  # Input 2p gets the output gradient at p-1, p with taps 2, 0; input 2p+1 only
+  # tap 1 at p (3 marks the zero tap).
+  taps, lo = layers.down_phase_taps(3, 0)
+  assert lo == -1
+  np.testing.assert_array_equal(taps, [[2, 0], [3, 1]])
 
 
 def test_phase_taps_dcgan_kernel():
@@ -282,6 +335,57 @@ def test_generator_outputs_and_impls_agree():
   y_phase, y_xla = jax.jit(lambda v, z: (g.apply(v, z, train=False),
                                          g_xla.apply(v, z, train=False)))(v, z)
   np.testing.assert_allclose(y_phase, y_xla, atol=1e-5)
+
+
+def _d_value_and_grads(impl):
+  # DCGAN's own initialisation and 16 images: train-mode BatchNorm of channels
+  # that barely vary (few images, `_variables`' large biases on tiny kernels)
+  # amplifies rounding, which differs between kernels, far past 1e-5.
+  x = jax.random.uniform(jax.random.PRNGKey(0), (16, 64, 64, 4), minval=-1, maxval=1)
+  d = dcgan.Discriminator(4, 16, "uahm", impl=impl)
+  v = dcgan.Discriminator(4, 16, "uahm").init(jax.random.PRNGKey(3), x, train=False)
+
+  def f(params, x):
+    out, _ = d.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
+                     train=True, mutable=["batch_stats"])
+    return jnp.sum(out["logit"]) + jnp.sum(out["hash"] * jnp.arange(16.0))
+
+  return jax.jit(jax.value_and_grad(f, (0, 1)))(v["params"], x)
+
+
+def _assert_same_training_signal(fast, plain):
+  (l1, g1), (l2, g2) = fast, plain
+  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  # To 1e-5 of the gradients' scale: a conv bias followed by BatchNorm has a true
+  # gradient of 0, so what both forms give there is rounding of large sums.
+  scale = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g2))
+  diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)))
+  assert diff <= 1e-5 * scale, (diff, scale)
+
+
+def test_discriminator_impls_agree_with_gradients():
+  # The phase form of the stride-2 input gradients against XLA's own.
+  _assert_same_training_signal(_d_value_and_grads("phase"), _d_value_and_grads("xla"))
+
+
+def test_eigen_cpu_convolutions_agree_with_gradients(tmp_path):
+  # config.train.cpu_conv="eigen" (the CPU default of rsh.main) is a process-wide
+  # XLA flag: the fast form runs in a child process, the plain one here.
+  import os, pickle, subprocess, sys, textwrap
+  code = textwrap.dedent(f"""
+      import pickle, sys
+      sys.path.insert(0, {str(pathlib.Path(__file__).parent.parent)!r})
+      from rsh import train
+      assert train.set_cpu_conv("eigen")
+      import jax, numpy as np
+      from tests.test_models import _d_value_and_grads
+      out = jax.tree.map(np.asarray, _d_value_and_grads("phase"))
+      pickle.dump(out, open({str(tmp_path / "out.pkl")!r}, "wb"))
+  """)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  subprocess.run([sys.executable, "-c", code], check=True, env=env)
+  fast = pickle.load(open(tmp_path / "out.pkl", "rb"))
+  _assert_same_training_signal(fast, _d_value_and_grads("xla"))
 
 
 def test_generator_to_discriminator_gradients_finite():

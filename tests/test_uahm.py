@@ -147,3 +147,53 @@ def test_tuned_recipe_takes_the_per_bit_mean_of_the_binary_term(bits):
   assert paper.losses.binary.weight == 0.1 and paper.name == "uahm"
   assert tuned.losses.binary.weight == pytest.approx(0.1 / bits) and tuned.name == "uahm_tuned"
   assert tuned.losses.semantic.weight == paper.losses.semantic.weight == 0.1
+
+
+@pytest.mark.slow
+def test_every_form_of_the_step_gives_the_same_training():
+  # The CPU-fast forms (phase gradients in G and D, G's pass shared) against
+  # the plain one: the same losses over two steps.
+  config = _get_config("smoke")
+  losses = {}
+  for impl, g_pass in (("phase", "shared"), ("xla", "separate")):
+    config.model.conv_impl, config.model.g_pass = impl, g_pass
+    gen, disc = uahm.build_models(config)
+    state = uahm.init_state(config, gen, disc, jax.random.PRNGKey(0))
+    step = jax.jit(uahm.make_train_step(config, gen, disc))
+    out = []
+    for s in range(2):
+      state, metrics = step(state, _batch(seed=s), jax.random.PRNGKey(s))
+      out.append({k: float(v) for k, v in metrics.items()})
+    losses[impl] = out
+  # Step 0 reads the same parameters: its losses agree to 1e-5. Adam's first
+  # update is +-lr for every parameter whatever its gradient's size, so where a
+  # true gradient is 0 (a conv bias before BatchNorm) rounding picks the sign:
+  # step 1 agrees to 1e-3 (a wrong gradient moves the losses by far more).
+  for s, (fast, plain) in enumerate(zip(losses["phase"], losses["xla"])):
+    assert fast.keys() == plain.keys()
+    for k in fast:
+      np.testing.assert_allclose(fast[k], plain[k], rtol=1e-5 if s == 0 else 1e-3, atol=1e-6,
+                                 err_msg=f"step {s}: {k}")
+
+
+def test_unknown_cpu_conv_is_named():
+  from rsh import train
+  with pytest.raises(ValueError, match="cpu_conv"):
+    train.set_cpu_conv("onednn")
+
+
+def test_shared_generator_pass_is_the_separate_one_exactly():
+  # G's step pulling its gradient back through the pass D's step read (the
+  # default) is the same computation as running G again: the same state.
+  config = _get_config("smoke")
+  states = []
+  for g_pass in ("shared", "separate"):
+    config.model.g_pass = g_pass
+    gen, disc = uahm.build_models(config)
+    state = uahm.init_state(config, gen, disc, jax.random.PRNGKey(0))
+    step = jax.jit(uahm.make_train_step(config, gen, disc))
+    states.append(step(state, _batch(), jax.random.PRNGKey(1)))
+  jax.tree.map(np.testing.assert_array_equal, states[0], states[1])
+  config.model.g_pass = "twice"
+  with pytest.raises(ValueError, match="g_pass"):
+    uahm.make_train_step(config, *uahm.build_models(config))

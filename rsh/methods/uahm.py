@@ -47,8 +47,9 @@ def build_models(config):
   if bits % 8:
     raise ValueError(f"config.model.bits must be a multiple of 8, got {bits}")
   channels = len(rdata.resolve_bands(config.data.bands))
-  disc = dcgan.Discriminator(channels=channels, bits=bits, head=config.model.head)
-  gen = (dcgan.Generator(channels=channels, impl=config.model.get("conv_impl", "phase"))
+  impl = config.model.get("conv_impl", "phase")
+  disc = dcgan.Discriminator(channels=channels, bits=bits, head=config.model.head, impl=impl)
+  gen = (dcgan.Generator(channels=channels, impl=impl)
          if config.model.adversarial else None)
   return gen, disc
 
@@ -67,14 +68,25 @@ def _outputs(prefix: str, out: Mapping[str, Any], images) -> dict[str, Any]:
           f"{prefix}_feature": out.get("feature"), f"{prefix}_image": images}
 
 
+G_PASS = ("shared", "separate")
+
+
 def make_train_step(config, gen, disc, terms=None, bound=None):
   """The pure step: one Adam update of D, then one of G against the updated D
   (thesis §5.3). `batch`: `image` f32[b, 64, 64, c] in [-1, 1] and what the
-  terms read (e.g. `similarity` i8[b, b])."""
+  terms read (e.g. `similarity` i8[b, b]).
+
+  `config.model.g_pass`: "shared" (default) runs G's forward pass once: D's step
+  reads its images and G's step pulls its gradient back through the same pass
+  (`update.update_net_from`); "separate" runs G again inside G's step. G's
+  parameters, statistics and noise are the same in both, so are the images."""
   bound = bound or rlosses.bind(config.losses, nets=NETS if gen else NETS[:1], terms=terms)
   bits = int(config.model.bits)
   tx = update.optimizer(config.optim)
   fake_updates_stats = _d_stats(config) == "real_and_fake"
+  g_pass = config.model.get("g_pass", "shared")
+  if g_pass not in G_PASS:
+    raise ValueError(f"config.model.g_pass must be one of {', '.join(G_PASS)}; got {g_pass!r}")
 
   def step(state: update.TrainState, batch, rng):
     d, x = state.nets["discriminator"], batch["x"]
@@ -82,7 +94,12 @@ def make_train_step(config, gen, disc, terms=None, bound=None):
     fake = None
     if gen is not None:
       g = state.nets["generator"]
-      fake = jax.lax.stop_gradient(update.apply(gen, g.params, g.batch_stats, z)[0])
+      g_apply = lambda params: update.apply(gen, params, g.batch_stats, z)
+      if g_pass == "shared":
+        fake, g_pull, g_stats = jax.vjp(g_apply, g.params, has_aux=True)
+      else:
+        fake = g_apply(g.params)[0]
+      fake = jax.lax.stop_gradient(fake)
 
     def d_forward(params):
       # Real and fake pass D as separate batches; see d_stats above.
@@ -97,13 +114,19 @@ def make_train_step(config, gen, disc, terms=None, bound=None):
     d, metrics = update.update_net(d, tx, d_forward, bound["discriminator"], batch, "d")
     nets = {"discriminator": d}
     if gen is not None:
-      def g_forward(params):
-        fake, stats = update.apply(gen, params, g.batch_stats, z)
-        out, _ = update.apply(disc, d.params, d.batch_stats, fake)  # D's own step updates D
-        return _outputs("fake", out, fake), stats
+      def through_d(images):  # D's own step updates D
+        return _outputs("fake", update.apply(disc, d.params, d.batch_stats, images)[0], images)
 
-      nets["generator"], g_metrics = update.update_net(g, tx, g_forward, bound["generator"],
-                                                       batch, "g")
+      if g_pass == "shared":
+        nets["generator"], g_metrics = update.update_net_from(
+            g, tx, fake, g_pull, g_stats, through_d, bound["generator"], batch, "g")
+      else:
+        def g_forward(params):
+          images, stats = g_apply(params)
+          return through_d(images), stats
+
+        nets["generator"], g_metrics = update.update_net(g, tx, g_forward, bound["generator"],
+                                                         batch, "g")
       metrics.update(g_metrics)
     return update.TrainState(step=state.step + 1, nets=nets), metrics
 

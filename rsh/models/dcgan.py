@@ -126,6 +126,9 @@ class Discriminator(nn.Module):
     bits: code length l (a multiple of 8, so codes pack into bytes); for
       head="gan" the feature length.
     head: "uahm", "gan" or "hash".
+    impl: how the stride-2 convolutions are differentiated: "phase" (their input
+      gradient as one stride-1 convolution + depth-to-space; fast on CPU) or
+      "xla" (XLA's own). Same parameters and forward pass either way.
     dtype: computation dtype; the outputs are float32.
     param_dtype: parameter dtype.
     kernel_init: initialiser of every Dense / conv kernel.
@@ -133,6 +136,7 @@ class Discriminator(nn.Module):
   channels: int
   bits: int
   head: str = "uahm"
+  impl: str = "phase"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   kernel_init: Callable[..., Array] = dcgan_init
@@ -145,6 +149,8 @@ class Discriminator(nn.Module):
                        f"got {self.bits!r}")
     if self.head not in HEADS:
       raise ValueError(f"Discriminator.head must be one of {HEADS}, got {self.head!r}")
+    if self.impl not in layers.IMPLS:
+      raise ValueError(f"Discriminator.impl must be one of {layers.IMPLS}, got {self.impl!r}")
     super().__post_init__()
 
   @nn.compact
@@ -174,9 +180,9 @@ class Discriminator(nn.Module):
                               kernel_init=self.kernel_init)
 
     for i, (features, stride) in enumerate(D_BODY, start=1):
-      x = nn.Conv(features, (3, 3), strides=(stride, stride), padding="SAME",
-                  dtype=self.dtype, param_dtype=self.param_dtype,
-                  kernel_init=self.kernel_init, name=f"conv{i}")(x)
+      x = layers.Conv(features, (3, 3), strides=stride, impl=self.impl, dtype=self.dtype,
+                      param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+                      name=f"conv{i}")(x)
       x = _leaky_relu(bn(f"conv{i}_bn")(x))
     x = x.reshape((x.shape[0], -1))
     x = _leaky_relu(bn("fc_bn")(dense(D_HIDDEN, name="fc")(x)))
