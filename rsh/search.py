@@ -16,7 +16,8 @@ small integers, so every ordering left is numpy's stable sort of uint8/uint16
 (`ranking.top_k_ascending`), a linear-time counting (radix) sort. The kernel puts
 queries on the minor (vector) axis: each archive word is broadcast against a block
 of queries held in L1, which is what makes the XOR-popcount run at memory speed on
-CPU.
+CPU. Query passes run in threads, one per core: numpy's gathers, popcounts and sorts
+release the GIL, so one pass's host work runs beside another's kernel.
 
 `sharded_search` runs the same algorithm in pure JAX under `jax.shard_map`,
 the archive split over all devices of a `jax.sharding.Mesh`: per-shard top-k,
@@ -26,7 +27,9 @@ then a merge by `(distance, global index)`. Its results equal `search`'s.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -50,14 +53,18 @@ SUPERGROUP = 32
 
 
 class _Archive:
-  """Packed codes laid out once for the kernels: host words and device blocks."""
+  """Packed codes laid out for the kernels: host word views and device blocks.
+
+  Host words are views of `db` where its rows are whole words (no copy); each
+  block's device layout is built when the block is first asked for.
+  """
 
   def __init__(self, db: np.ndarray):
     self.n, self.nbytes = db.shape
     self.l = 8 * self.nbytes
     self.dtype = hamming.distance_dtype(self.l)
     self.sentinel = int(np.iinfo(self.dtype).max)
-    self.words32 = hamming.code_words(db, np.uint32)  # [n, W] for the kernels
+    self.words32 = hamming.code_words(db, np.uint32)  # [n, W] for the kernels (views)
     # uint64 on the host where it fits: half the popcounts when re-scoring candidates.
     self.host_words = (hamming.code_words(db, np.uint64) if self.nbytes % 8 == 0
                        else self.words32)
@@ -84,10 +91,58 @@ class _Archive:
       # Padding repeats the last real code, so a part-filled group keeps its true
       # minimum; groups of padding only are masked by `n_groups` in the kernel.
       words = hamming.pad_rows(self.words32[start:stop], m_pad * GROUP)
-      grouped = words.reshape(m_pad, GROUP, -1).transpose(2, 1, 0)
+      # [W, GROUP, m] by way of [W, n]: numpy's copies are cheaper in two steps.
+      grouped = np.ascontiguousarray(words.T).reshape(-1, m_pad, GROUP).transpose(0, 2, 1)
+      # Host rows for the re-score: group j's words, [full, GROUP * W] (a view), and
+      # a part-filled last group (padded by its last code) apart.
+      host = self.host_words[start:stop]
+      full = n // GROUP
+      tail = (hamming.pad_rows(host[full * GROUP:], GROUP).reshape(1, -1)
+              if n % GROUP else None)
       self._blocks[key] = dict(mode="groups", start=start, n=n, m=m, supergroup=supergroup,
-                               grouped=jnp.asarray(np.ascontiguousarray(grouped)))
+                               grouped=jnp.asarray(np.ascontiguousarray(grouped)),
+                               host_groups=host[:full * GROUP].reshape(full, -1),
+                               tail=tail, full=full)
     return self._blocks[key]
+
+
+# Group minima come back transposed ([nq, m], what the host ranks) when the matrix is
+# at most this big: XLA's transpose is then cheaper than numpy's; above, numpy's.
+_TRANSPOSE_MAX = 1 << 23
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _group_minima_t(q_words_t, db_grouped, n_groups, dtype):
+  """`hamming.group_minima` without supergroups, returned as dtype[nq, m]."""
+  minima, _ = hamming.group_minima(q_words_t, db_grouped, n_groups, dtype, 0)
+  return minima.T
+
+
+def _rescore(arch: _Archive, block: dict, groups: np.ndarray, q_host: np.ndarray):
+  """Distances of the codes of `groups: int64[nq, g]` (ascending) to their queries.
+
+  Returns dtype[nq, g * GROUP]: column `j * GROUP + r` is code `r` of group
+  `groups[:, j]`, padding past the block's end at the sentinel.
+  """
+  nq, g = groups.shape
+  n_words = q_host.shape[1]
+  full, tail = block["full"], block["tail"]
+  if full:
+    rows = np.take(block["host_groups"], groups, axis=0, mode="clip")  # [nq, g, GROUP*W]
+  else:
+    rows = np.empty((nq, g, tail.shape[1]), tail.dtype)
+  at_tail = groups >= full if tail is not None else None
+  if at_tail is not None:
+    rows[at_tail] = tail[0]
+  rows = rows.reshape(nq, g, GROUP, n_words)
+  np.bitwise_xor(rows, q_host[:, None, None, :], out=rows)
+  x = np.bitwise_count(rows)
+  d = x[..., 0].astype(arch.dtype)
+  for w in range(1, n_words):
+    d += x[..., w]
+  if at_tail is not None:
+    d[at_tail, block["n"] - full * GROUP:] = arch.sentinel
+  return d.reshape(nq, g * GROUP)
 
 
 def _block_topk(arch: _Archive, block: dict, q32: np.ndarray, q_host: np.ndarray, k: int):
@@ -106,30 +161,29 @@ def _block_topk(arch: _Archive, block: dict, q32: np.ndarray, q_host: np.ndarray
     order = ranking.top_k_ascending(d, kk)
     return np.take_along_axis(d, order, 1), order + start
   q_t = jnp.asarray(np.ascontiguousarray(hamming.pad_rows(q32, nq_pad).T))
-  minima, superminima = hamming.group_minima(q_t, block["grouped"], block["m"], arch.dtype,
-                                             block["supergroup"])
-  minima = np.asarray(minima)  # [m, nq_pad]
-  if block["supergroup"]:
-    # The k best supergroups hold the k best groups (same argument as for codes).
-    sup = ranking.top_k_ascending(np.ascontiguousarray(np.asarray(superminima)[:, :nq].T), kk)
-    sup = np.sort(sup, axis=1)
-    groups = (sup[:, :, None] * block["supergroup"] + np.arange(block["supergroup"]))
-    groups = groups.reshape(nq, -1)
-    values = minima[groups, np.arange(nq)[:, None]]
-    groups = np.take_along_axis(groups, ranking.top_k_ascending(values, kk), 1)
+  grouped = block["grouped"]
+  if not block["supergroup"] and grouped.shape[2] * nq_pad <= _TRANSPOSE_MAX:
+    minima_t = np.asarray(_group_minima_t(q_t, grouped, block["m"], arch.dtype))
+    groups = ranking.top_k_ascending(minima_t[:nq], kk)
   else:
-    groups = ranking.top_k_ascending(np.ascontiguousarray(minima[:, :nq].T), kk)
+    minima, superminima = hamming.group_minima(q_t, grouped, block["m"], arch.dtype,
+                                               block["supergroup"])
+    minima = np.asarray(minima)  # [m, nq]
+    if block["supergroup"]:
+      # The k best supergroups hold the k best groups (same argument as for codes).
+      sup = ranking.top_k_ascending(np.ascontiguousarray(np.asarray(superminima)[:, :nq].T), kk)
+      sup = np.sort(sup, axis=1)
+      groups = (sup[:, :, None] * block["supergroup"] + np.arange(block["supergroup"]))
+      groups = groups.reshape(nq, -1)
+      values = np.take(minima.ravel(), groups * minima.shape[1] + np.arange(nq)[:, None])
+      groups = np.take_along_axis(groups, ranking.top_k_ascending(values, kk), 1)
+    else:
+      groups = ranking.top_k_ascending(np.ascontiguousarray(minima[:, :nq].T), kk)
   groups.sort(axis=1)  # ascending groups -> candidates in index order -> stable ties
-  cand = (groups[:, :, None] * GROUP + np.arange(GROUP)).reshape(nq, -1)
-  words = arch.host_words[start:start + n]
-  cand_c = np.minimum(cand, n - 1)
-  d = None
-  for w in range(words.shape[1]):
-    x = np.bitwise_count(words[cand_c, w] ^ q_host[:, w, None])
-    d = x.astype(arch.dtype) if d is None else d + x
-  d[cand >= n] = arch.sentinel
+  d = _rescore(arch, block, groups, q_host)
   order = ranking.top_k_ascending(d, kk)
-  return np.take_along_axis(d, order, 1), np.take_along_axis(cand, order, 1) + start
+  idx = np.take_along_axis(groups, order // GROUP, 1) * GROUP + order % GROUP
+  return np.take_along_axis(d, order, 1), idx + start
 
 
 def _merge(best, new, k: int):
@@ -140,6 +194,18 @@ def _merge(best, new, k: int):
   i = np.concatenate([best[1], new[1]], axis=1)
   order = ranking.top_k_ascending(d, k)  # stable: on equal distance the earlier block wins
   return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+
+
+# Threads for the query passes of `search` (the cores this process may use), and the
+# fewest queries worth a thread of their own.
+_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1)))
+_MIN_THREAD_QUERIES = 64
+
+
+@functools.lru_cache(maxsize=1)
+def _pool():
+  return concurrent.futures.ThreadPoolExecutor(_THREADS, thread_name_prefix="rsh-search")
 
 
 def search(q, db, k: int):
@@ -161,15 +227,28 @@ def search(q, db, k: int):
   out_d = np.empty((len(q), k), np.int32)
   out_i = np.empty((len(q), k), np.int32)
   blocks = arch.blocks(k)
-  # Queries per pass: the host holds [queries, k * GROUP] candidates (or a direct
-  # block's [queries, codes] distances) at a time.
-  widest = max(b["n"] if b["mode"] == "direct" else k * GROUP * 2 for b in blocks)
+  # Queries per pass: the host holds [queries, k * GROUP] candidates' words and
+  # distances (or a direct block's [queries, codes] distances) at a time.
+  n_words = arch.host_words.shape[1]
+  widest = max(b["n"] if b["mode"] == "direct" else k * GROUP * (1 + n_words) for b in blocks)
   step = int(np.clip(hamming.BUDGET // widest, 1, hamming.QUERY_BLOCK))
-  for s in range(0, len(q), step):
+  # Query passes run on `_THREADS` threads: numpy's sorts, gathers and popcounts
+  # release the GIL, so the host work of one pass overlaps another's kernel.
+  if len(q) >= 2 * _MIN_THREAD_QUERIES:
+    step = min(step, max(_MIN_THREAD_QUERIES, -(-len(q) // _THREADS)))
+
+  def run(s):
     best = None
     for block in blocks:
       best = _merge(best, _block_topk(arch, block, q32[s:s + step], q_host[s:s + step], k), k)
     out_d[s:s + step], out_i[s:s + step] = best
+
+  starts = range(0, len(q), step)
+  if len(starts) > 1 and _THREADS > 1:
+    list(_pool().map(run, starts))
+  else:
+    for s in starts:
+      run(s)
   return out_d, out_i
 
 

@@ -82,6 +82,23 @@ def test_search_blocks_over_archive_and_queries(monkeypatch):
   np.testing.assert_array_equal(i, bi)
 
 
+@pytest.mark.parametrize("transpose_max, threads", [(0, 1), (1 << 30, 1), (1 << 30, 2)])
+def test_search_paths_agree(monkeypatch, transpose_max, threads):
+  # Group minima transposed by numpy or by XLA, query passes on one thread or two, and
+  # a part-filled last group: the same exact answer.
+  monkeypatch.setattr(search, "_TRANSPOSE_MAX", transpose_max)
+  monkeypatch.setattr(search, "_THREADS", threads)
+  rng = np.random.default_rng(7)
+  for nbytes, ties in [(8, False), (5, True), (16, False)]:
+    make = (lambda m: few_valued_codes(rng, m, nbytes, 3)) if ties else (
+        lambda m: rng.integers(0, 256, (m, nbytes), dtype=np.uint8))
+    q, db = make(150), make(4007)
+    d, i = search.search(q, db, 9)
+    bd, bi = brute_search(q, db, 9)
+    np.testing.assert_array_equal(d, bd)
+    np.testing.assert_array_equal(i, bi)
+
+
 def test_search_k_equals_archive_and_no_queries():
   rng = np.random.default_rng(1)
   q, db = few_valued_codes(rng, 3, 1), few_valued_codes(rng, 11, 1)
