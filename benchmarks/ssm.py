@@ -9,7 +9,10 @@
    argsort), in the same process; prints whether the two S agree.
 2. N = 27,000 (all of EuroSAT) with K1, K2 scaled by `scale_k` (2,700 and
    1,620), once per `large_dims`, each in a fresh process so that its peak
-   RSS (VmHWM, else getrusage ru_maxrss) is its own; the budget is 4 GiB.
+   RSS (VmHWM, else getrusage ru_maxrss) is its own; the budget is 4 GiB and
+   60 s. Prints the seconds of each stage (stage 1: cosine scores + top-K1;
+   stage 2: AND-popcount overlaps + top-K2, and of it the time spent waiting
+   for the overlap kernel), from `two_stage_knn`'s log record.
 3. `local_histogram` throughput on 64 x 64 x 10 images (32 bins, 2 x 2 patches).
 
 Features are synthetic: 10 classes, non-negative (like pooled ReLU features),
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -79,16 +83,35 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+class StageTimes(logging.Handler):
+  """Keeps the per-stage seconds that `two_stage_knn` logs (record.timings)."""
+
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.timings = {}
+
+  def emit(self, record):
+    self.timings.update(getattr(record, "timings", {}))
+
+
 def run_large(n: int, dim: int) -> dict:
   """Times `two_stage_knn` on n points in this process; returns the numbers."""
   k1, k2 = similarity.scale_k(500, n), similarity.scale_k(300, n)
   x, labels = clustered_features(n, dim, seed=1)
   rss_before = peak_rss_mib()
-  start = time.perf_counter()
+  stages = StageTimes()
+  logging.getLogger(similarity.__name__).addHandler(stages)
+  logging.getLogger(similarity.__name__).setLevel(logging.INFO)
+  load = os.getloadavg()[0]
+  start, cpu = time.perf_counter(), time.process_time()
   packed = similarity.two_stage_knn(x, k1, k2, progress=False)
-  seconds = time.perf_counter() - start
+  seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
   quality = similarity.ssm_quality(packed, labels)
+  # cpu_s (all threads) / cores is about what `seconds` would be on an idle
+  # machine; load_before shows how busy it was.
   return {"n": n, "dim": dim, "k1": k1, "k2": k2, "seconds": round(seconds, 2),
+          "cpu_s": round(cpu, 2), "load_before": round(load, 2),
+          **{k: round(v, 2) for k, v in stages.timings.items()},
           "peak_rss_mib": round(peak_rss_mib(), 1), "rss_before_mib": round(rss_before, 1),
           "features_mib": round(x.nbytes / 2**20, 1), "accuracy": round(quality["accuracy"], 4),
           "iou": round(quality["iou"], 4)}
@@ -143,6 +166,12 @@ def main() -> None:
       out = subprocess.run([sys.executable, __file__, "--_child", str(args.large_n), str(dim)],
                            check=True, capture_output=True, text=True).stdout
       results["large"].append(json.loads(out.strip().splitlines()[-1]))
+      r = results["large"][-1]
+      print(f"N={r['n']} dim={r['dim']}: {r['seconds']} s = stage 1 {r.get('stage1_s')} s + "
+            f"stage 2 {r.get('stage2_s')} s (waiting for overlaps "
+            f"{r.get('stage2_overlap_wait_s')} s), CPU {r['cpu_s']} s, load before "
+            f"{r['load_before']}, peak RSS {r['peak_rss_mib']:.0f} MiB",
+            flush=True)
 
   # 3. Local-histogram throughput.
   images = np.random.default_rng(2).random((2000, 64, 64, 10), dtype=np.float32)
@@ -159,9 +188,14 @@ def main() -> None:
   print("|---|---|---|---|---|---|---|---|")
   print(f"| {r['n']} | {r['dim']} | {r['k1']} | {r['k2']} | {r['ours_s']} | {r['dense_s']} | "
         f"{r['speedup']}x | {'yes' if differ == 0 else f'no ({differ} entries)'} |")
+  if results["large"]:
+    print(f"\n| N | dim | K1 | K2 | total (s) | stage 1 (s) | stage 2 (s) | of it overlap wait (s) "
+          f"| peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
   for r in results["large"]:
-    print(f"| {r['n']} | {r['dim']} | {r['k1']} | {r['k2']} | {r['seconds']} | - | - | "
-          f"peak RSS {r['peak_rss_mib']:.0f} MiB (features {r['features_mib']:.0f} MiB) |")
+    print(f"| {r['n']} | {r['dim']} | {r['k1']} | {r['k2']} | {r['seconds']} | "
+          f"{r.get('stage1_s')} | {r.get('stage2_s')} | {r.get('stage2_overlap_wait_s')} | "
+          f"{r['peak_rss_mib']:.0f} (features {r['features_mib']:.0f}) |")
   r = results["local_histogram"]
   print(f"\nlocal_histogram 64x64x10, 32 bins, 2x2 patches: {r['images_per_s']} images/s "
         f"(27,000 images ~{r['est_27000_s']} s)")

@@ -43,11 +43,14 @@ the same share of the set (10 % and 6 %).
 Scale: nothing N x N is ever held as float. Stage 1 scores a block of rows
 against all points (BLAS, float32) and keeps a boolean top-K1 mask, stored
 packed (N^2 / 8 bytes). Stage 2 needs every overlap |N_i & N_j| = (A A^T)_ij
-with A the 0/1 matrix of S1: it is computed in square blocks as a bfloat16
-matrix product with float32 accumulation (exact: the entries are 0/1 and the
-sums stay far below 2^24), only the upper triangle of blocks since A A^T is
-symmetric; the mirrored blocks wait as uint16 until their row block comes
-(at most N^2 / 4 of them, 365 MB at N = 27,000).
+with A the 0/1 matrix of S1: it is popcount(row_i AND row_j) over the packed
+rows as 32-bit words, counted exactly by a jitted XLA loop in square blocks,
+only the upper triangle of blocks since A A^T is symmetric; the mirrored
+blocks wait as uint16 until their row block comes (at most N^2 / 4 of them,
+365 MB at N = 27,000). Each row block's K2 largest overlaps are then picked by
+counting (overlaps are integers in 0..K1), never by sorting. At N = 27,000
+(K1 = 2,700, K2 = 1,620) on 2 CPU cores the first stage's matrix products are
+most of the time: `benchmarks/ssm.py` prints each stage's seconds.
 """
 
 from __future__ import annotations
@@ -163,18 +166,176 @@ def cosine_knn(features, k: int, *, block: int | None = None,
   return out
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _unpack_rows(packed: jax.Array, n: int) -> jax.Array:
-  """uint8[b, ceil(n / 8)] -> bfloat16[b, n] of 0/1."""
-  return jnp.unpackbits(packed, axis=1, count=n).astype(jnp.bfloat16)
+# Words of 32 bits ANDed per step of the stage-2 kernel's loop (rows are padded
+# with zero words to a multiple of it).
+_UNROLL = 4
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _overlaps(rows: jax.Array, cols_packed: jax.Array, n: int) -> jax.Array:
-  """|N_i & N_j| for a block pair: bf16[b, n] x uint8[c, n / 8] -> f32[b, c], exact."""
-  cols = jnp.unpackbits(cols_packed, axis=1, count=n).astype(jnp.bfloat16)
-  return jax.lax.dot_general(rows, cols, (((1,), (1,)), ((), ())),
-                             preferred_element_type=jnp.float32)
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _overlap_block(words: jax.Array, words_t: jax.Array, r0: jax.Array, c0: jax.Array,
+                   b: int, dtype) -> jax.Array:
+  """|N_i & N_j| for rows r0 + [0, b) against rows c0 + [0, b), exact.
+
+  words: uint32[m, W], the packed S1 rows as words; words_t: uint32[W, m], the
+  same transposed. Returns dtype[b, b] = popcount(row_i AND row_j) summed over
+  the W words: per word, a [b] column against a [b] row (vector lanes), the
+  [b, b] accumulator updated in place by a loop over the words.
+  """
+  a = jax.lax.dynamic_slice_in_dim(words, r0, b, axis=0)      # [b, W]
+  bt = jax.lax.dynamic_slice_in_dim(words_t, c0, b, axis=1)   # [W, b]
+
+  def step(s, acc):
+    for t in range(_UNROLL):
+      w = s * _UNROLL + t
+      col = jax.lax.dynamic_index_in_dim(a, w, axis=1, keepdims=False)
+      row = jax.lax.dynamic_index_in_dim(bt, w, axis=0, keepdims=False)
+      acc = acc + jax.lax.population_count(col[:, None] & row[None, :]).astype(jnp.int32)
+    return acc
+
+  acc = jax.lax.fori_loop(0, a.shape[1] // _UNROLL, step, jnp.zeros((b, b), jnp.int32))
+  return acc.astype(dtype)
+
+
+def _first_set_bits() -> np.ndarray:
+  """uint8[256, 9]: entry [v, j] is byte v with only its first j set bits kept.
+
+  First = most significant, i.e. the lowest columns in np.packbits order.
+  """
+  table = np.zeros((256, 9), np.uint8)
+  for v in range(256):
+    kept = 0
+    for j in range(1, 9):
+      rest = v & ~kept
+      if rest:
+        kept |= 1 << (rest.bit_length() - 1)
+      table[v, j] = kept
+  return table
+
+
+_FIRST_SET_BITS = _first_set_bits()
+
+
+def _top_k_packed(values: np.ndarray, k: int, top: int) -> np.ndarray:
+  """np.packbits of `ranking.top_k_mask(values, k)` for int values in [0, top].
+
+  The k-th largest of each row comes by counting (as `ranking.kth_largest_count`),
+  which also gives `need`, how many of the entries equal to it fit (k minus those
+  above it). Every entry above it is kept, and of the tied ones the first
+  `need` by column: the cut is found on the packed tied bits (a running count
+  per byte, then the first bits of the byte where it reaches `need`), not by a
+  cumulative sum over whole rows.
+
+  values: uint16 or int32 [r, n] -> uint8[r, ceil(n / 8)].
+  """
+  r = np.arange(len(values))
+  # One bincount per row: each row's counts stay in cache.
+  counts = np.stack([np.bincount(row, minlength=top + 1) for row in values])
+  at_least = np.zeros((len(values), top + 2), np.int64)     # [r, v]: #entries >= v
+  at_least[:, :-1] = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+  kth = (at_least >= k).sum(axis=1) - 1
+  need = k - at_least[r, kth + 1]                           # 1 <= need <= #tied
+  kth = kth.astype(values.dtype)[:, None]
+  packed = np.packbits(values > kth, axis=1)
+  tied = np.packbits(values == kth, axis=1)
+  run = np.cumsum(np.bitwise_count(tied), axis=1, dtype=np.int32)  # tied in bytes <= p
+  p = (run < need[:, None]).sum(axis=1)                     # the byte of the need-th tie
+  packed |= tied & np.where(np.arange(tied.shape[1]) < p[:, None], 0xFF, 0).astype(np.uint8)
+  last = tied[r, p]
+  packed[r, p] |= _FIRST_SET_BITS[last, need - (run[r, p] - np.bitwise_count(last))]
+  return packed
+
+
+def _top_k_scores_packed(scores: np.ndarray, k: int) -> np.ndarray:
+  """np.packbits of `ranking.top_k_mask(scores, k)` for float scores.
+
+  Partitions for the k-th largest of each row and keeps every entry >= it;
+  only rows where that keeps more than k (ties at the k-th value, rare for
+  float scores) go through `ranking.top_k_mask`'s cut by index.
+
+  scores: float32[r, n] -> uint8[r, ceil(n / 8)].
+  """
+  n = scores.shape[1]
+  kth = np.partition(scores, n - k, axis=1)[:, n - k, None]
+  packed = np.packbits(scores >= kth, axis=1)
+  over = np.nonzero(np.bitwise_count(packed).sum(axis=1, dtype=np.int64) > k)[0]
+  if over.size:
+    packed[over] = np.packbits(ranking.top_k_mask(scores[over], k, kth[over, 0]), axis=1)
+  return packed
+
+
+def _first_stage(x: np.ndarray, k1: int, block: int, b: int, progress: bool | None) -> np.ndarray:
+  """S1 as packed 0/1 rows, zero-padded for the stage-2 kernel.
+
+  Padding (zeros, which AND to nothing) makes whole blocks of `b` rows and
+  whole kernel steps of 32-bit words; `block` is stage 1's rows per block.
+
+  x: float32[n, d] -> uint8[ceil(n / b) * b, 4 * W], W a multiple of `_UNROLL`;
+  row i's first ceil(n / 8) bytes are np.packbits of S1[i] == +1.
+  """
+  n = len(x)
+  n_bytes = (n + 7) // 8
+  n_words = -(-n_bytes // (4 * _UNROLL)) * _UNROLL
+  s1 = np.zeros((-(-n // b) * b, 4 * n_words), np.uint8)
+  for start, scores in _cosine_blocks(x, k1, block, progress):
+    s1[start:start + len(scores), :n_bytes] = _top_k_scores_packed(scores, k1)
+  return s1
+
+
+def _second_stage(s1: np.ndarray, n: int, k1: int, k2: int, b: int, progress: bool | None,
+                  timings: dict[str, float]) -> np.ndarray:
+  """S = S1 AND S2 from `_first_stage`'s padded S1, in row blocks of `b`.
+
+  Block (I, J >= I) of overlaps is computed once by `_overlap_block` and its
+  transpose kept for row block J; the kernels of row block I + 1 are
+  dispatched before row block I is ranked, so XLA counts while numpy ranks.
+  Adds the seconds spent waiting for the kernels and ranking to `timings`.
+
+  Returns uint8[n, ceil(n / 8)].
+  """
+  n_bytes = (n + 7) // 8
+  m = len(s1) // b
+  words = s1.view(np.uint32)
+  words, words_t = jnp.asarray(words), jnp.asarray(np.ascontiguousarray(words.T))
+  s = np.empty((n, n_bytes), np.uint8)
+  count = np.uint16 if k1 < np.iinfo(np.uint16).max else np.int32
+  waiting: dict[tuple[int, int], np.ndarray] = {}
+  clock = {"stage2_overlap_wait_s": 0.0, "stage2_assemble_s": 0.0, "stage2_rank_s": 0.0}
+
+  def dispatch(bi):
+    return [_overlap_block(words, words_t, bi * b, bj * b, b, count) for bj in range(bi, m)]
+
+  pending = dispatch(0)
+  with _progress(n, progress, total=n, desc=f"SSM kNN-2 (K2={k2})", unit="img") as bar:
+    for bi in range(m):
+      r0, r1 = bi * b, min(n, (bi + 1) * b)
+      t = time.perf_counter()
+      pending = [np.asarray(blk) for blk in pending]
+      clock["stage2_overlap_wait_s"] += time.perf_counter() - t
+      t = time.perf_counter()
+      overlap = np.empty((b, n), count)
+      for bj in range(bi):
+        c1 = min(n, (bj + 1) * b)
+        overlap[:, bj * b:c1] = waiting.pop((bj, bi)).T[:, :c1 - bj * b]
+      for bj, blk in zip(range(bi, m), pending):
+        c1 = min(n, (bj + 1) * b)
+        overlap[:, bj * b:c1] = blk[:, :c1 - bj * b]
+        if bj > bi:
+          waiting[(bi, bj)] = blk
+      pending = dispatch(bi + 1) if bi + 1 < m else []
+      overlap = overlap[:r1 - r0]
+      r = np.arange(r1 - r0)
+      if not np.all(overlap[r, r0 + r] == k1):  # |N_i| = K1
+        raise RuntimeError("stage-2 overlap counts are wrong: a row of S1 does not hold "
+                           "K1 neighbours")
+      overlap[r, r0 + r] = k1 + 1  # self first, whatever the duplicates
+      clock["stage2_assemble_s"] += time.perf_counter() - t
+      t = time.perf_counter()
+      s[r0:r1] = _top_k_packed(overlap, k2, k1 + 1) & s1[r0:r1, :n_bytes]
+      clock["stage2_rank_s"] += time.perf_counter() - t
+      bar.update(r1 - r0)
+  for key, value in clock.items():
+    timings[key] = timings.get(key, 0.0) + value
+  return s
 
 
 def two_stage_knn(features, k1: int, k2: int, *, block: int | None = None,
@@ -183,7 +344,8 @@ def two_stage_knn(features, k1: int, k2: int, *, block: int | None = None,
 
   Memory is O(n^2 / 8) for S1 and S plus O(block * n) work arrays, plus up to
   n^2 / 4 uint16 of stage-2 blocks awaiting their mirror (see the module
-  docstring); no dense float n x n is formed.
+  docstring); no dense float n x n is formed. The seconds of each stage are
+  logged (INFO, with `extra={"timings": {...}}`).
 
   Args:
     features: float[n, d], finite (cast to float32).
@@ -201,48 +363,19 @@ def two_stage_knn(features, k1: int, k2: int, *, block: int | None = None,
   x = _check_features(features)
   n = len(x)
   _check_ks(n, k1, k2)
-  n_bytes = (n + 7) // 8
   # Stage 2 computes only the upper triangle of blocks, so it wants several.
   b = _block_rows(n, block if block is not None else min(_block_rows(n, None), 2048))
-  m = -(-n // b)
-
-  # Stage 1: A = S1 as packed 0/1 rows, padded to whole blocks for fixed shapes.
-  s1 = np.zeros((m * b, n_bytes), np.uint8)
-  for start, scores in _cosine_blocks(x, k1, _block_rows(n, block), progress):
-    s1[start:start + len(scores)] = np.packbits(ranking.top_k_mask(scores, k1), axis=1)
-
-  # Stage 2: overlaps row block by row block; block (I, J > I) is computed once
-  # and its transpose kept for row block J.
-  s = np.zeros((n, n_bytes), np.uint8)
-  mirror = np.uint16 if k1 < np.iinfo(np.uint16).max else np.int32
-  waiting: dict[tuple[int, int], np.ndarray] = {}
-  with _progress(n, progress, total=n, desc=f"SSM kNN-2 (K2={k2})", unit="img") as bar:
-    for bi in range(m):
-      r0, r1 = bi * b, min(n, (bi + 1) * b)
-      rows = _unpack_rows(s1[r0:r0 + b], n)
-      pending = [_overlaps(rows, s1[bj * b:(bj + 1) * b], n) for bj in range(bi, m)]
-      overlap = np.empty((b, n), np.int32)
-      for bj in range(bi):
-        c1 = min(n, (bj + 1) * b)
-        overlap[:, bj * b:c1] = waiting.pop((bj, bi)).T[:, :c1 - bj * b]
-      for bj, blk in zip(range(bi, m), pending):
-        blk = np.asarray(blk)
-        c1 = min(n, (bj + 1) * b)
-        overlap[:, bj * b:c1] = blk[:, :c1 - bj * b]
-        if bj > bi:
-          waiting[(bi, bj)] = blk.astype(mirror)
-      overlap = overlap[:r1 - r0]
-      r = np.arange(r1 - r0)
-      if not np.all(overlap[r, r0 + r] == k1):  # |N_i| = K1: the product was exact
-        raise RuntimeError("stage-2 overlap counts are inexact; the backend's "
-                           "bfloat16 matmul did not accumulate in float32")
-      overlap[r, r0 + r] = k1 + 1  # self first, whatever the duplicates
-      near = ranking.top_k_mask(overlap, k2, ranking.kth_largest_count(overlap, k2, k1 + 1))
-      near &= np.unpackbits(s1[r0:r1], axis=1, count=n).view(bool)
-      s[r0:r1] = np.packbits(near, axis=1)
-      bar.update(r1 - r0)
+  timings = {}
+  t = time.perf_counter()
+  s1 = _first_stage(x, k1, _block_rows(n, block), b, progress)
+  timings["stage1_s"] = time.perf_counter() - t
+  t = time.perf_counter()
+  s = _second_stage(s1, n, k1, k2, b, progress, timings)
+  timings["stage2_s"] = time.perf_counter() - t
+  log.info("SSM two-stage kNN of %d points: stage 1 (K1=%d) %.1f s, stage 2 (K2=%d) %.1f s",
+           n, k1, timings["stage1_s"], k2, timings["stage2_s"], extra={"timings": timings})
   if return_s1:
-    return s, s1[:n]
+    return s, np.ascontiguousarray(s1[:n, :(n + 7) // 8])
   return s
 
 

@@ -161,6 +161,69 @@ def test_two_stage_knn_property(data):
   np.testing.assert_array_equal(similarity.unpack_ssm(packed, n), dense_two_stage_knn(x, k1, k2)[2])
 
 
+@pytest.mark.parametrize("r, n, k, top, dtype", [
+    (7, 1, 1, 3, np.uint16),
+    (9, 13, 1, 2, np.uint16),
+    (9, 13, 13, 2, np.uint16),     # k = n: every entry
+    (20, 64, 17, 3, np.uint16),    # few values: long runs of ties
+    (16, 203, 50, 40, np.uint16),
+    (5, 300, 299, 1, np.int32),
+    (6, 1000, 123, 700, np.int32),
+])
+def test_top_k_packed_equals_top_k_mask(r, n, k, top, dtype):
+  # The stage-2 selection: the k largest counts of each row, ties to the lower
+  # column, against rsh.ranking's mask (a cumulative sum over whole rows).
+  from rsh import ranking
+  rng = np.random.default_rng(r * n + k)
+  values = rng.integers(0, top + 1, size=(r, n)).astype(dtype)
+  values[0] = top                                            # one row all tied
+  got = similarity._top_k_packed(values, k, top)
+  want = np.packbits(ranking.top_k_mask(values, k), axis=1)
+  np.testing.assert_array_equal(got, want)
+  assert (np.bitwise_count(got).sum(axis=1) == k).all()
+
+
+@pytest.mark.parametrize("n, k, levels", [(1, 1, 0), (50, 1, 0), (50, 7, 0), (50, 7, 3),
+                                           (203, 60, 5), (203, 202, 2)])
+def test_top_k_scores_packed_equals_top_k_mask(n, k, levels):
+  # The stage-1 selection; levels > 0: scores on a few values, so ties at the
+  # k-th value (cut by index) are common.
+  from rsh import ranking
+  rng = np.random.default_rng(n + k)
+  scores = rng.normal(size=(11, n)).astype(np.float32)
+  if levels:
+    scores = np.round(scores * levels / 2)
+  scores[:, 0] = np.inf
+  got = similarity._top_k_scores_packed(scores, k)
+  np.testing.assert_array_equal(got, np.packbits(ranking.top_k_mask(scores, k), axis=1))
+
+
+@pytest.mark.parametrize("rows, n_words, b", [(8, 4, 8), (24, 12, 8), (64, 40, 32)])
+def test_overlap_block_is_the_product_of_the_0_1_rows(rows, n_words, b):
+  # popcount(row_i AND row_j) summed over words = (A A^T)_ij for A the 0/1 bits.
+  rng = np.random.default_rng(rows)
+  bits = rng.random((rows, 32 * n_words)) < 0.3
+  bits[:, -5:] = False                                      # padding stays zero
+  words = np.packbits(bits, axis=1).view(np.uint32)
+  a = bits.astype(np.int64)
+  want = a @ a.T
+  for r0 in range(0, rows, b):
+    for c0 in range(0, rows, b):
+      got = similarity._overlap_block(words, np.ascontiguousarray(words.T), r0, c0, b, np.uint16)
+      assert got.dtype == np.uint16
+      np.testing.assert_array_equal(np.asarray(got), want[r0:r0 + b, c0:c0 + b])
+
+
+def test_two_stage_knn_logs_its_stage_times(caplog):
+  x = np.random.default_rng(2).normal(size=(30, 4)).astype(np.float32)
+  with caplog.at_level(logging.INFO, logger="rsh.similarity"):
+    similarity.two_stage_knn(x, 5, 3, block=8)
+  timings = [r.timings for r in caplog.records if hasattr(r, "timings")]
+  assert len(timings) == 1
+  assert {"stage1_s", "stage2_s", "stage2_overlap_wait_s", "stage2_rank_s"} <= set(timings[0])
+  assert all(v >= 0 for v in timings[0].values())
+
+
 def test_cosine_knn_is_nearest_first_and_scale_invariant():
   x = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
   nn = similarity.cosine_knn(x, 7, block=16)
