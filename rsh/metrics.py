@@ -153,10 +153,12 @@ def sum_precision_all(ranked_rel: np.ndarray) -> np.ndarray:
   ranked_rel = _ranked(ranked_rel, "ranked_rel", "sum_precision_all", None)
   b, m = ranked_rel.shape
   flat = np.flatnonzero(ranked_rel)  # row * m + rank - 1, increasing; cheaper than 2-D nonzero
-  rows = flat // m
-  start = np.searchsorted(flat, np.arange(b) * m)
-  relrank = np.arange(1, len(flat) + 1) - start[rows]
-  return np.bincount(rows, weights=relrank / (flat - rows * m + 1), minlength=b)
+  start = np.searchsorted(flat, np.arange(b + 1) * m)  # each row's run in `flat`
+  counts = np.diff(start)
+  # Rows and row starts repeated over each row's run: no division of every position by m.
+  relrank = np.arange(1, len(flat) + 1) - np.repeat(start[:-1], counts)
+  rank = flat + 1 - np.repeat(np.arange(b) * m, counts)
+  return np.bincount(np.repeat(np.arange(b), counts), weights=relrank / rank, minlength=b)
 
 
 def found_at(ranked_rel: np.ndarray, cutoffs: np.ndarray) -> np.ndarray:

@@ -7,11 +7,14 @@ for every query (`rsh.ranking`) and feeds the formulas.
 Hamming rankings never compare-sort: distances are integers in 0..l, so each
 query's ranking is a counting sort (numpy's stable sort of uint8/uint16 is a
 radix sort: per-distance counts, prefix sums, one scatter), linear in the
-archive. From it `evaluate` keeps per query only the relevance of the first
+archive; the relevance in rank order is one bounds-check-free gather of small
+class ids. From it `evaluate` keeps per query only the relevance of the first
 max(k, n) ranks, the relevant counts between PR cut-offs (one pass of segment
-sums), and the ends of the tie group that k cuts and of the Hamming ball (binary
-searches over the monotone ranked distances); MAP@all alone reads the positions
-of every relevant item. All metrics then come from these small arrays at once.
+sums), and the ends of the tie group that k cuts and of the Hamming ball (counts
+of the scores within those values, read off the first k ranks where the run ends
+there); MAP@all alone reads the positions of every relevant item. With integer
+labels the relevant items of a query are its class's archive size, counted once.
+All metrics then come from these small arrays at once.
 Query blocks are ranked in threads (numpy releases the GIL) while XLA computes
 the next block's distances.
 """
@@ -77,12 +80,18 @@ class _Relevance:
                          f"`archive_labels` have {al.shape[1]}")
       self.ql, self.al = ql.astype(np.float32), al.astype(np.float32).T.copy()
     else:
-      # Archive labels as small ids so a gather by rank order touches few bytes.
+      # Archive labels as small ids so a gather by rank order touches few bytes; query
+      # ids of the same dtype (an id no archive item has when the label is absent), so
+      # the comparison in rank order needs no up-cast.
       classes, ids = np.unique(al, return_inverse=True)
-      self.small = ids.astype(np.uint8 if len(classes) < 255 else np.int32)
+      dtype = np.uint8 if len(classes) < 255 else np.int32
+      self.small = ids.astype(dtype)
       pos = np.searchsorted(classes, ql)
       found = (pos < len(classes)) & (classes[np.minimum(pos, len(classes) - 1)] == ql)
-      self.qid = np.where(found, pos, -1)  # -1 matches nothing
+      self.qid = np.where(found, pos, 255 if dtype == np.uint8 else -1).astype(dtype)
+      # Relevant items per query: the archive size of its class (0 when absent).
+      sizes = np.bincount(ids.ravel(), minlength=len(classes))
+      self.n_rel = np.where(found, sizes[np.minimum(pos, len(classes) - 1)], 0).astype(np.int64)
 
   def gains(self, rows: slice) -> np.ndarray:
     """uint8[b, na] gains in archive order (multi-label only)."""
@@ -93,7 +102,9 @@ class _Relevance:
     if self.multi:
       g = np.take_along_axis(self.gains(rows), order, 1)
       return g > 0, g
-    return self.small[order] == self.qid[rows, None], None
+    # mode="wrap" skips the bounds checks (every index is in range): the same gather,
+    # about 1.6x faster than fancy indexing.
+    return np.take(self.small, order, mode="wrap") == self.qid[rows, None], None
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -116,18 +127,20 @@ class _Protocol:
     k, top = self.k, max(self.k, self.n)
     order = ranking.order(scores, self.distance)
     ranked_rel, ranked_gain = self.rel.ranked(rows, order)
-    out = dict(count=np.bitwise_count(np.packbits(ranked_rel, axis=1)).sum(1, dtype=np.int64),
-               rel_top=ranked_rel[:, :top].copy(),
+    out = dict(rel_top=ranked_rel[:, :top].copy(),
                scores_top=np.take_along_axis(scores, order[:, :k], 1))
+    if self.rel.multi:  # single labels: the class sizes, counted once in `_Relevance`
+      out["count"] = np.bitwise_count(np.packbits(ranked_rel, axis=1)).sum(1, dtype=np.int64)
     if self.cutoffs is not None:
       out["found_cut"] = metrics.found_at(ranked_rel, self.cutoffs)
     if "all" in self.modes:
       out["sum_all"] = metrics.sum_precision_all(ranked_rel)
     # The tie group that k cuts ends where the ranked scores pass its value.
-    end = _ranks_within(scores, order, out["scores_top"][:, -1], self.distance)
+    end = _ranks_within(scores, out["scores_top"], out["scores_top"][:, -1], self.distance)
     out["tie_end"], out["tie_found_end"] = end, _prefix_count(ranked_rel, end)
     if self.distance == "hamming":
-      within = _ranks_within(scores, order, np.full(len(scores), self.radius), self.distance)
+      within = _ranks_within(scores, out["scores_top"], np.full(len(scores), self.radius),
+                             self.distance)
       out["radius_n"], out["radius_found"] = within, _prefix_count(ranked_rel, within)
     if ranked_gain is not None:
       out["gain_top"] = ranked_gain[:, :k].astype(np.int64)
@@ -136,27 +149,34 @@ class _Protocol:
 
 
 def _prefix_count(rel: np.ndarray, c: np.ndarray) -> np.ndarray:
-  """int64[b]: True values among the first c[i] of row i."""
-  return np.array([np.count_nonzero(r[:ci]) for r, ci in zip(rel, c)], np.int64)
+  """int64[b]: True values among the first c[i] of row i (one masked pass over max(c) ranks)."""
+  m = int(c.max(initial=0))
+  head = rel[:, :m] & (np.arange(m) < c[:, None])
+  return np.bitwise_count(np.packbits(head, axis=1)).sum(1, dtype=np.int64)
 
 
-def _ranks_within(scores: np.ndarray, order: np.ndarray, value: np.ndarray, distance: str):
+def _ranks_within(scores: np.ndarray, scores_top: np.ndarray, value: np.ndarray,
+                  distance: str) -> np.ndarray:
   """int64[b]: how many ranks score at least as well as `value[i]` in row i.
 
-  Scores are monotone along the ranking, so a binary search over ranks reads
-  only log2(na) scores per row.
+  Scores are monotone along the ranking, so this is a count over the row in any
+  order. Where `value` is passed within the first ranks (`scores_top`, the k best
+  scores of each row) the count is read there; other rows count their whole row of
+  `scores` (one comparison pass, counted 8 per byte).
   """
-  b, m = order.shape
-  rows = np.arange(b)
-  lo, hi = np.zeros(b, np.int64), np.full(b, m, np.int64)
-  while (lo < hi).any():
-    mid = (lo + hi) // 2
-    s = scores[rows, order[rows, np.minimum(mid, m - 1)]]
-    inside = (s <= value) if distance == "hamming" else (s >= value)
-    go = lo < hi
-    lo = np.where(go & inside, mid + 1, lo)
-    hi = np.where(go & ~inside, mid, hi)
-  return lo
+  value = np.asarray(value)
+  if distance == "hamming":
+    value = np.minimum(value, np.iinfo(scores.dtype).max).astype(scores.dtype)
+    inside_top = scores_top <= value[:, None]
+  else:
+    inside_top = scores_top >= value[:, None]
+  out = inside_top.sum(1, dtype=np.int64)
+  full = np.flatnonzero(inside_top[:, -1])  # the k-th rank is inside: the run may go on
+  if len(full):
+    s, v = scores[full], value[full, None]
+    inside = (s <= v) if distance == "hamming" else (s >= v)
+    out[full] = np.bitwise_count(np.packbits(inside, axis=1)).sum(1, dtype=np.int64)
+  return out
 
 
 def _tie_groups(scores_top: np.ndarray, rel_top: np.ndarray, end, found_end):
@@ -263,7 +283,8 @@ def evaluate(query_codes, archive_codes, query_labels, archive_labels, k: int = 
   r = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
   sum_k, found_k = metrics.sum_precision_top(r["rel_top"], k)
-  found_n, n_rel = r["rel_top"][:, :n].sum(1), r["count"]
+  found_n = r["rel_top"][:, :n].sum(1)
+  n_rel = r["count"] if protocol.rel.multi else protocol.rel.n_rel
   ap_k = metrics.safe_div(sum_k, found_k)
   out = {}
   if "thesis" in modes:

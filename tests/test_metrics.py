@@ -379,3 +379,60 @@ def test_bad_inputs_name_the_argument():
     protocol.evaluate(codes, codes, lab, lab, k=1, n=1, distance="l2")
   with pytest.raises(ValueError, match="`class_names`"):
     protocol.evaluate(codes, codes, lab + 3, lab + 3, k=1, n=1, class_names=["a"])
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+
+def test_many_classes_and_labels_absent_from_the_archive():
+  # Over 254 classes: archive ids are int32, not uint8; query labels 900+ are in no
+  # archive item (nothing relevant, n_rel = 0).
+  rng = np.random.default_rng(5)
+  q, _ = clustered(rng, 25, 16, 4)
+  a, _ = clustered(rng, 400, 16, 4)
+  al = rng.integers(0, 300, 400)
+  ql = np.concatenate([al[rng.integers(0, 400, 20)], [900, 901, 902, 903, 904]])
+  r = protocol.evaluate(q, a, ql, al, k=30, n=10, pr_step=60)
+  assert_matches(r, ref_evaluate(q, a, ql, al, 30, 10, np.r_[np.arange(60, 401, 60), 400]))
+  # uint8 ids with an absent label.
+  small_al = al % 7
+  r = protocol.evaluate(q, a, np.where(ql >= 900, 50, ql % 7), small_al, k=30, n=10, pr_step=60)
+  want = ref_evaluate(q, a, np.where(ql >= 900, 50, ql % 7), small_al, 30, 10,
+                      np.r_[np.arange(60, 401, 60), 400])
+  assert_matches(r, want)
+
+
+def test_ranks_within_and_prefix_count_match_the_ranking():
+  rng = np.random.default_rng(6)
+  for distance in ("hamming", "cosine"):
+    if distance == "hamming":
+      scores = rng.integers(0, 6, (9, 50)).astype(np.uint8)
+    else:
+      scores = rng.integers(-3, 4, (9, 50)).astype(np.float32) / 4
+    order = ranking.order(scores, distance)
+    ranked = np.take_along_axis(scores, order, 1)
+    top = ranked[:, :7]
+    for value in (top[:, -1], top[:, 2], np.full(9, ranked.max() if distance == "hamming"
+                                                  else ranked.min())):
+      value = value.astype(scores.dtype)
+      got = protocol._ranks_within(scores, top, value, distance)
+      inside = ranked <= value[:, None] if distance == "hamming" else ranked >= value[:, None]
+      np.testing.assert_array_equal(got, inside.sum(1))
+  rel = rng.random((9, 50)) < 0.4
+  c = rng.integers(0, 51, 9)
+  np.testing.assert_array_equal(protocol._prefix_count(rel, c),
+                                [r[:ci].sum() for r, ci in zip(rel, c)])
+
+
+def test_sum_precision_all_is_the_sequential_sum():
+  rng = np.random.default_rng(7)
+  rel = rng.random((6, 300)) < 0.2
+  rel[2] = False
+  want = []
+  for row in rel:
+    total, hits = 0.0, 0
+    for j in np.flatnonzero(row):
+      hits += 1
+      total += hits / (j + 1)
+    want.append(total)
+  assert metrics.sum_precision_all(rel).tolist() == want
