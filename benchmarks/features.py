@@ -11,6 +11,7 @@ backbone's input inside the jitted forward. Each batch size is warmed up once
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -37,6 +38,7 @@ def main() -> None:
   print(f"{args.backbone}: {args.size}x{args.size} -> {spec.input_size}x{spec.input_size}, "
         f"n={args.n}, jax {jax.__version__} on {jax.devices()[0].platform} "
         f"({os.cpu_count()} cores, {platform.processor() or platform.machine()})")
+  result = dict(benchmark="features", backbone=args.backbone, n=args.n)
   for batch_size in (int(b) for b in args.batch_sizes.split(",")):
     common = dict(batch_size=batch_size, weights=args.weights, cache=False, progress=False)
     start = time.perf_counter()
@@ -49,6 +51,9 @@ def main() -> None:
       best = min(best, time.perf_counter() - start)
     print(f"  batch {batch_size:4d}: {args.n / best:7.1f} images/s "
           f"(best of {args.repeats}; first call incl. load + compile {first:.1f} s)")
+    result[f"b{batch_size}_img_per_s"] = args.n / best
+    result[f"b{batch_size}_first_call_s"] = first
+  print(json.dumps(result))
 
 
 if __name__ == "__main__":
