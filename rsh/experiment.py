@@ -183,9 +183,6 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
       eval_every=int(config.train.eval_every),
       log_every=int(config.train.log_every),
       progress=bool(config.train.get("progress", True)))
-  if not rtrain.set_cpu_conv(config.train.get("cpu_conv", "eigen")):
-    log.debug("config.train.cpu_conv=%s is not in effect: jax's backend started "
-              "before (it applies from a new process)", config.train.get("cpu_conv"))
   raw_batch = config.train.batch_size
   if raw_batch is not None and (isinstance(raw_batch, bool) or not isinstance(raw_batch, (int, np.integer))
                                 or raw_batch < 1):

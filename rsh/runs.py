@@ -23,9 +23,10 @@ from rsh import train
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption (how long, how often,
-# how it is evaluated), as opposed to keys that define what is trained.
+# how it is evaluated, which CPU kernels run it), as opposed to keys that define
+# what is trained. (A workdir from before train.cpu_conv existed resumes too.)
 RESUMABLE_CHANGES = ("train.num_steps", "train.eval_every", "train.log_every",
-                     "train.checkpoint_every", "train.progress")
+                     "train.checkpoint_every", "train.progress", "train.cpu_conv")
 RESUMABLE_PREFIXES = ("eval.", "evals.")
 
 

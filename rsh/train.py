@@ -142,9 +142,10 @@ def _backend_started() -> bool:
 def set_cpu_conv(cpu_conv: str = "eigen") -> bool:
   """Chooses the XLA:CPU convolution kernels of this process (`config.train.cpu_conv`).
 
-  Call it before the first jax computation (`rsh.main`, `rsh.reproduce` and
-  the benchmarks do): "eigen" (the default, faster on CPU) or "ynnpack"
-  (XLA's default). A `--xla_cpu_experimental_ynn_fusion_type` already in
+  Call it before the first jax computation: `rsh.main`, `rsh.reproduce` and
+  the benchmarks do; a notebook or script calls it first itself (the library
+  never sets a process-wide flag behind its caller's back). "eigen" (faster on
+  CPU) or "ynnpack" (XLA's default). A `--xla_cpu_experimental_ynn_fusion_type` already in
   `XLA_FLAGS` is the user's own choice and is kept. Other backends ignore it.
 
   Returns:
