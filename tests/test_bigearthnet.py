@@ -238,7 +238,7 @@ def test_cache_round_trip(example, tmp_path, monkeypatch, caplog):
   def no_reading(*args, **kwargs):
     raise AssertionError("read a TIFF despite the cache")
 
-  monkeypatch.setattr(bigearthnet, "_read_band", no_reading)
+  monkeypatch.setattr(bigearthnet.pixels, "read_band", no_reading)
   with caplog.at_level(logging.INFO, logger="rsh.data"):
     again = rdata.load("bigearthnet", dir=example, cache_dir=root, exclude=())
   assert "from cache" in caplog.text

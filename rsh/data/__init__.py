@@ -36,7 +36,6 @@ from rsh.data.demo import CLASS_NAMES as EUROSAT_CLASSES
 from rsh.data.tfds_eurosat import TFDS_EUROSAT_ALL_BANDS
 from rsh.data.tfds_eurosat import TFDS_EUROSAT_RGB_BANDS
 from rsh.data.split import batch_at
-from rsh.data.split import batches
 from rsh.data.split import PAPER_N_QUERY
 from rsh.data.split import PAPER_N_TRAIN
 from rsh.data.split import paper_split

@@ -8,20 +8,19 @@ edited folder's older entries are removed once the new one is written.
 
 from __future__ import annotations
 
-import concurrent.futures
-import errno
+import importlib
 import logging
 import os
 import pathlib
-import re
 import stat as stat_
-import sys
+import warnings
 
 import numpy as np
 
 from rsh.data import bands
 from rsh.data import cache
 from rsh.data import dataset
+from rsh.data import files as rfiles
 from rsh.data.bands import DataError
 from rsh.data.dataset import Dataset
 
@@ -29,7 +28,18 @@ log = logging.getLogger(__name__)
 
 SIZE = 64
 TIFF_SUFFIXES = (".tif", ".tiff")
-_PROGRESS_MIN_FILES = 500
+# Public names that moved to `rsh.data.files` (shared with the other sources);
+# the old names work for one more release, with a DeprecationWarning.
+_MOVED = {"natural_key": "rsh.data.files", "to_dn": "rsh.data.files",
+          "show_progress": "rsh.data.files", "parallel_map": "rsh.data.files"}
+
+
+def __getattr__(name):
+  if name in _MOVED:
+    warnings.warn(f"rsh.data.eurosat_folder.{name} moved to {_MOVED[name]}.{name}",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(_MOVED[name]), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataset.register("folder", options=("band_names",))
@@ -55,16 +65,16 @@ def _list_folder(root: pathlib.Path):
   try:
     st = root.stat()
   except FileNotFoundError:
-    if not _is_symlink(root):
+    if not rfiles.is_symlink(root):
       raise DataError(f"data folder {root} does not exist") from None
-    raise DataError(f"data folder {root} {_why(root, None)}") from None
+    raise DataError(f"data folder {root} {rfiles.why(root, None)}") from None
   except OSError as e:
-    raise DataError(f"data folder {root} {_why(root, e)}") from None
+    raise DataError(f"data folder {root} {rfiles.why(root, e)}") from None
   if not stat_.S_ISDIR(st.st_mode):
     raise DataError(f"data folder {root} is not a directory")
   real_root = root.resolve()
   classes = []
-  for p in _listdir(root, "data folder"):
+  for p in rfiles.listdir(root, "data folder"):
     if p.name.startswith("."):
       continue
     kind = _stat(p)
@@ -81,7 +91,7 @@ def _list_folder(root: pathlib.Path):
   files = []
   for label, name in enumerate(classes):
     found = []
-    for p in _listdir(root / name, "class folder"):
+    for p in rfiles.listdir(root / name, "class folder"):
       if p.name.startswith("."):
         continue  # .DS_Store, editor swap files
       st = _stat(p)
@@ -90,30 +100,8 @@ def _list_folder(root: pathlib.Path):
       found.append((f"{name}/{p.name}", label, st))
     if not found:
       raise DataError(f"class folder {root / name} has no .tif images")
-    files.extend(sorted(found, key=lambda f: natural_key(f[0])))
+    files.extend(sorted(found, key=lambda f: rfiles.natural_key(f[0])))
   return tuple(classes), files
-
-
-def _is_symlink(p: pathlib.Path) -> bool:
-  try:
-    return p.is_symlink()
-  except OSError:
-    return False
-
-
-def _why(p: pathlib.Path, e: OSError | None) -> str:
-  """Why `p` cannot be read, in words (after `p`'s stat failed with `e`)."""
-  if e is not None and e.errno == errno.ELOOP:
-    return "is a symlink loop (it links, maybe through other links, back to itself)"
-  if (e is None or e.errno == errno.ENOENT) and _is_symlink(p):
-    try:
-      target = os.readlink(p)
-    except OSError:
-      target = "?"
-    return f"is a broken symlink (to {target}, which does not exist)"
-  if e is not None and e.errno in (errno.EACCES, errno.EPERM):
-    return "cannot be read: permission denied"
-  return f"cannot be read ({e.strerror if e is not None and e.strerror else e})"
 
 
 def _stat(p: pathlib.Path) -> os.stat_result:
@@ -121,20 +109,7 @@ def _stat(p: pathlib.Path) -> os.stat_result:
   try:
     return p.stat()
   except OSError as e:
-    raise DataError(f"{p} {_why(p, e)}") from None
-
-
-def _listdir(folder: pathlib.Path, what: str) -> list[pathlib.Path]:
-  """The entries of `folder`, sorted, or a DataError naming it."""
-  try:
-    return sorted(folder.iterdir())
-  except OSError as e:
-    raise DataError(f"{what} {folder} {_why(folder, e)}") from None
-
-
-def natural_key(name: str):
-  """'Forest_10.tif' after 'Forest_9.tif'."""
-  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+    raise DataError(f"{p} {rfiles.why(p, e)}") from None
 
 
 def _read_tiff(path: pathlib.Path, n_bands: int | None) -> np.ndarray:
@@ -156,27 +131,7 @@ def _read_tiff(path: pathlib.Path, n_bands: int | None) -> np.ndarray:
                     f"{SIZE}x{SIZE}[x bands]")
   if n_bands is not None and x.shape[-1] != n_bands:
     raise DataError(f"{path}: has {x.shape[-1]} bands, expected {n_bands} like the others")
-  return to_dn(x, str(path))
-
-
-def to_dn(x: np.ndarray, what: str) -> np.ndarray:
-  """Any numeric image -> uint16 digital numbers, refusing what does not fit."""
-  if x.dtype == np.uint16:
-    return x
-  if x.dtype.kind not in "uif":
-    raise DataError(f"{what}: pixel type {x.dtype} is not a number")
-  if x.dtype.kind == "f" and not np.isfinite(x).all():
-    raise DataError(f"{what}: has non-finite values (NaN or inf)")
-  lo, hi = x.min(), x.max()
-  if lo < 0 or hi > np.iinfo(np.uint16).max:
-    raise DataError(f"{what}: values {lo}..{hi} do not fit 16-bit digital numbers")
-  return np.rint(x).astype(np.uint16) if x.dtype.kind == "f" else x.astype(np.uint16)
-
-
-def show_progress(progress: bool | None, n: int) -> bool:
-  if progress is not None:
-    return progress
-  return n >= _PROGRESS_MIN_FILES and sys.stderr.isatty()
+  return rfiles.to_dn(x, str(path))
 
 
 def load_folder(dir, *, cache_dir=None, band_names=None, progress=None) -> Dataset:
@@ -218,46 +173,6 @@ def load_folder(dir, *, cache_dir=None, band_names=None, progress=None) -> Datas
   return ds
 
 
-def parallel_map(fn, n: int, progress: bool | None, desc: str, *, unit: str = "file",
-                 start: int = 0) -> list:
-  """[fn(i) for i in range(start, n)] in a thread pool (None below `start`); the
-  first failure in index order is raised.
-
-  tifffile and file reads release the GIL while reading and decoding, so
-  threads scale; one bad file among 27,000 stops the rest early rather than
-  after a full pass.
-  """
-  out = [None] * n
-  if n <= start:
-    return out
-
-  def run(i):
-    out[i] = fn(i)
-
-  bar = None
-  if show_progress(progress, n):
-    from tqdm import tqdm
-    bar = tqdm(total=n, initial=start, desc=desc, unit=unit)
-  workers = min(32, 4 * (os.cpu_count() or 1), n - start)
-  pool = concurrent.futures.ThreadPoolExecutor(workers)
-  try:
-    futures = {pool.submit(run, i): i for i in range(start, n)}
-    for f in concurrent.futures.as_completed(futures):
-      if f.exception() is not None:
-        break
-      if bar is not None:
-        bar.update()
-  finally:
-    pool.shutdown(wait=True, cancel_futures=True)
-    if bar is not None:
-      bar.close()
-  errors = {i: f.exception() for f, i in futures.items()
-            if f.done() and not f.cancelled() and f.exception() is not None}
-  if errors:
-    raise errors[min(errors)]  # of the files read, the first bad one in index order
-  return out
-
-
 def _read_all(root, paths, band_names, progress):
   """uint16[len(paths), 64, 64, b] and the band names, reading in parallel."""
   first = _read_tiff(paths[0], None)
@@ -276,5 +191,5 @@ def _read_all(root, paths, band_names, progress):
   def read(i):
     images[i] = _read_tiff(paths[i], n_bands)
 
-  parallel_map(read, len(paths), progress, f"reading {root}", start=1)
+  rfiles.parallel_map(read, len(paths), progress, f"reading {root}", start=1)
   return images, band_names

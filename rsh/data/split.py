@@ -8,7 +8,7 @@ would have seen from step s on.
 from __future__ import annotations
 
 import functools
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -173,20 +173,3 @@ def batch_at(indices: np.ndarray, batch_size: int, seed: int, step: int, *,
   start = pos * batch_size + process_index * per_process
   return indices[order[start:start + per_process]]
 
-
-def batches(indices: np.ndarray, batch_size: int, seed: int, *, epoch: int = 0,
-            step: int = 0, process_index: int = 0, process_count: int = 1
-            ) -> Iterator[np.ndarray]:
-  """Infinite iterator of `batch_at(..., s)` for s from the start of `epoch`, plus `step`.
-
-  Resuming at global step s: `batches(..., step=s)` (or `epoch=e` for an epoch
-  boundary) yields what an uninterrupted iterator yields from its s-th batch on.
-  """
-  indices, batch_size, process_index, process_count = _check(
-      indices, batch_size, process_index, process_count)
-  seed = _seed(seed)
-  s = _seed(epoch, "epoch") * steps_per_epoch(len(indices), batch_size) + _seed(step, "step")
-  while True:
-    yield batch_at(indices, batch_size, seed, s, process_index=process_index,
-                   process_count=process_count)
-    s += 1

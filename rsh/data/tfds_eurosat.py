@@ -14,6 +14,7 @@ from rsh.data import bands
 from rsh.data import cache
 from rsh.data import dataset
 from rsh.data import eurosat_folder
+from rsh.data import files as rfiles
 from rsh.data.bands import DataError
 from rsh.data.dataset import Dataset
 
@@ -123,7 +124,7 @@ def load_tfds(name: str = "eurosat/all", *, data_dir=None, split: str = "train",
   labels = np.empty((n,), np.int32)
   files = []
   it = iter(records)
-  if eurosat_folder.show_progress(progress, n):
+  if rfiles.show_progress(progress, n):
     from tqdm import tqdm
     it = tqdm(it, total=n, desc=f"reading {source}", unit="image")
   i = -1
@@ -138,7 +139,7 @@ def load_tfds(name: str = "eurosat/all", *, data_dir=None, split: str = "train",
     if x.dtype == np.uint8:
       images[i] = np.rint(x * RGB8_TO_DN).astype(np.uint16)
     else:
-      images[i] = eurosat_folder.to_dn(x, what)
+      images[i] = rfiles.to_dn(x, what)
     labels[i] = ex["label"]
     f = ex.get("filename", "")
     files.append(f.decode() if isinstance(f, bytes) else str(f))
@@ -146,7 +147,7 @@ def load_tfds(name: str = "eurosat/all", *, data_dir=None, split: str = "train",
     raise DataError(f"{source} split {split!r} in {where}: {i + 1} examples, but its "
                     f"metadata lists {n}; prepare it again")
   # tfds shuffles files when preparing: sort by class, then by name, like a folder.
-  order = sorted(range(n), key=lambda i: (labels[i], eurosat_folder.natural_key(files[i])))
+  order = sorted(range(n), key=lambda i: (labels[i], rfiles.natural_key(files[i])))
   ds = Dataset(images[order], labels[order], class_names, band_names, source,
                tuple(files[i] for i in order))
   cache.write(entry, ds)
