@@ -43,7 +43,7 @@ from rsh import ranking
 __all__ = [
     "MAP_MODES", "relevance", "rank", "average_precision", "precision_at", "recall_at",
     "pr_curve", "ndcg_at", "acg_at", "tie_aware_average_precision", "precision_within_radius",
-    "safe_div", "sum_precision_top", "sum_precision_all", "found_at", "dcg", "evaluate",
+    "safe_div", "sum_precision_top", "sum_precision_all", "found_at", "dcg",
 ]
 
 MAP_MODES = {
@@ -352,9 +352,3 @@ def tie_aware_average_precision(group_sizes, group_relevant, k: int | None = Non
     out[rows] = (np.where(x <= m, pmf, 0) * ap).sum(1)
   return out
 
-
-def evaluate(*args, **kwargs):
-  """`rsh.protocol.evaluate`: every metric of a query/archive protocol at once
-  (the same function, reachable from here; its arguments are checked there)."""
-  from rsh import protocol  # protocol imports this module
-  return protocol.evaluate(*args, **kwargs)

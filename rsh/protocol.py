@@ -56,14 +56,51 @@ def _labels(x, name: str, n: int) -> np.ndarray:
   return x
 
 
-def _check_cutoffs(cutoffs, n_archive: int) -> np.ndarray:
-  c = np.asarray(cutoffs)
-  if c.ndim != 1 or c.dtype.kind not in "iu" or not len(c):
-    raise ValueError(f"evaluate: `pr_cutoffs` must be a non-empty 1-D list of ints; "
-                     f"got {cutoffs!r}")
-  if c[0] < 1 or c[-1] > n_archive or (np.diff(c) <= 0).any():
-    raise ValueError(f"evaluate: `pr_cutoffs` must increase strictly within 1..{n_archive}")
-  return c.astype(np.int64)
+def _check_settings(q: np.ndarray, na: int, k, n, distance: str, radius, pr_step, pr_cutoffs,
+                    map_modes):
+  """`evaluate`'s checked (k, n, radius, pr_step, map modes), in its order of checks."""
+  k = hamming.check_int(k, "k", "evaluate", 1, na, f"the archive ({na} items)")
+  n = hamming.check_int(n, "n", "evaluate", 1, na, f"the archive ({na} items)")
+  # radius 0: exact-match codes; at most the code length (Hamming only).
+  bits = 8 * q.shape[1] if distance == "hamming" else None
+  radius = hamming.check_int(radius, "radius", "evaluate", 0, bits,
+                             f"the code length ({bits} bits)")
+  if pr_step is not None and pr_cutoffs is None:  # 0 (like None): no curve
+    pr_step = hamming.check_int(pr_step, "pr_step", "evaluate", 0)
+  modes = tuple(map_modes)
+  for m in modes:
+    if m not in metrics.MAP_MODES:
+      raise ValueError(f"evaluate: unknown `map_modes` entry {m!r}; "
+                       f"choose from {sorted(metrics.MAP_MODES)}")
+  return k, n, radius, pr_step, modes
+
+
+def _check_label_pair(query_labels, archive_labels, nq: int, na: int):
+  """Checked (query labels, archive labels), both integer labels or both multi-hot."""
+  ql = _labels(query_labels, "query_labels", nq)
+  al = _labels(archive_labels, "archive_labels", na)
+  if ql.ndim != al.ndim:
+    raise ValueError(f"evaluate: `query_labels` {ql.shape} and `archive_labels` {al.shape} are "
+                     "not the same kind (integer labels vs multi-hot)")
+  return ql, al
+
+
+def _pr_cutoffs(pr_cutoffs, pr_step, n_archive: int) -> np.ndarray | None:
+  """int64 PR cut-offs: `pr_cutoffs` checked, else every `pr_step` plus the end; None: none."""
+  if pr_cutoffs is not None:
+    c = np.asarray(pr_cutoffs)
+    if c.ndim != 1 or c.dtype.kind not in "iu" or not len(c):
+      raise ValueError(f"evaluate: `pr_cutoffs` must be a non-empty 1-D list of ints; "
+                       f"got {pr_cutoffs!r}")
+    if c[0] < 1 or c[-1] > n_archive or (np.diff(c) <= 0).any():
+      raise ValueError(f"evaluate: `pr_cutoffs` must increase strictly within 1..{n_archive}")
+    return c.astype(np.int64)
+  if not pr_step:
+    return None
+  cutoffs = np.arange(pr_step, n_archive + 1, pr_step, dtype=np.int64)
+  if not len(cutoffs) or cutoffs[-1] != n_archive:
+    cutoffs = np.append(cutoffs, n_archive)
+  return cutoffs
 
 
 # ----------------------------------------------------------------------------- relevance
@@ -115,7 +152,7 @@ class _Protocol:
 
   Per query: the relevance (and scores) of the first ranks, the relevant items
   within each PR cut-off, the ends of the tie group that k cuts and of the
-  Hamming ball. The metrics are computed from these for all queries at once.
+  Hamming ball. `report` computes the metrics from these for all queries at once.
   Blocks run in threads: numpy's sorts and gathers release the GIL.
   """
 
@@ -145,6 +182,48 @@ class _Protocol:
     if ranked_gain is not None:
       out["gain_top"] = ranked_gain[:, :k].astype(np.int64)
       out["ideal_top"] = -np.sort(-self.rel.gains(rows).astype(np.int64), axis=1)[:, :k]
+    return out
+
+
+  def report(self, r: dict, ql: np.ndarray, class_names) -> dict:
+    """Every metric from `_rank_all`'s joined arrays `r`: numpy scalars, and lists
+    of floats for "pr_curve/*"; keys in `rsh.metrics`' order."""
+    k, n, modes, cutoffs = self.k, self.n, self.modes, self.cutoffs
+    sum_k, found_k = metrics.sum_precision_top(r["rel_top"], k)
+    found_n = r["rel_top"][:, :n].sum(1)
+    n_rel = r["count"] if self.rel.multi else self.rel.n_rel
+    ap_k = metrics.safe_div(sum_k, found_k)
+    out = {}
+    if "thesis" in modes:
+      out[f"map@{k}"] = ap_k.mean()
+    if "min_k_rel" in modes:
+      out[f"map@{k}/min_k_rel"] = metrics.safe_div(sum_k, np.minimum(k, n_rel)).mean()
+    if "all" in modes:
+      out["map@all"] = metrics.safe_div(r["sum_all"], n_rel).mean()
+    if "hit_only" in modes:
+      out[f"map@{k}/hit_only"] = ap_k[found_k > 0].mean() if (found_k > 0).any() else 0.0
+    sizes, rel_sizes = _tie_groups(r["scores_top"], r["rel_top"], r["tie_end"],
+                                   r["tie_found_end"])
+    ap_tie = metrics.tie_aware_average_precision(sizes, rel_sizes, k, "thesis")
+    out[f"map@{k}/tie_aware"] = ap_tie.mean()
+    out[f"precision@{n}"] = (found_n / n).mean()
+    out[f"recall@{n}"] = metrics.safe_div(found_n, n_rel).mean()
+    if self.distance == "hamming":
+      out[f"precision@r{self.radius}"] = metrics.safe_div(r["radius_found"], r["radius_n"]).mean()
+    if "gain_top" in r:  # multi-hot: gain = shared labels
+      gain, ideal = r["gain_top"], r["ideal_top"]
+    else:
+      gain = r["rel_top"][:, :k].astype(np.int64)
+      ideal = (np.arange(k)[None, :] < n_rel[:, None]).astype(np.int64)
+    out[f"ndcg@{k}"] = metrics.safe_div(metrics.dcg(gain), metrics.dcg(ideal)).mean()
+    out[f"acg@{k}"] = metrics.acg_at(gain, k).mean()
+    out.update(_classwise(ap_k, ql, f"classwise_map@{k}", class_names))
+    out.update(_classwise(ap_tie, ql, f"classwise_map@{k}/tie_aware", class_names))
+    if cutoffs is not None:
+      out["pr_curve/cutoffs"] = [int(c) for c in cutoffs]
+      out["pr_curve/precision"] = [float(v) for v in (r["found_cut"] / cutoffs).mean(0)]
+      out["pr_curve/recall"] = [float(v) for v in
+                                metrics.safe_div(r["found_cut"], n_rel[:, None]).mean(0)]
     return out
 
 
@@ -236,43 +315,27 @@ def evaluate(query_codes, archive_codes, query_labels, archive_labels, k: int = 
     dict of python floats, and lists of floats for "pr_curve/*".
   """
   q, a = ranking.check_inputs(query_codes, archive_codes, distance, "evaluate")
-  nq, na = len(q), len(a)
-  k = hamming.check_int(k, "k", "evaluate", 1, na, f"the archive ({na} items)")
-  n = hamming.check_int(n, "n", "evaluate", 1, na, f"the archive ({na} items)")
-  # radius 0: exact-match codes; at most the code length (Hamming only).
-  bits = 8 * q.shape[1] if distance == "hamming" else None
-  radius = hamming.check_int(radius, "radius", "evaluate", 0, bits,
-                             f"the code length ({bits} bits)")
-  if pr_step is not None and pr_cutoffs is None:  # 0 (like None): no curve
-    pr_step = hamming.check_int(pr_step, "pr_step", "evaluate", 0)
-  modes = tuple(map_modes)
-  for m in modes:
-    if m not in metrics.MAP_MODES:
-      raise ValueError(f"evaluate: unknown `map_modes` entry {m!r}; "
-                       f"choose from {sorted(metrics.MAP_MODES)}")
-  ql = _labels(query_labels, "query_labels", nq)
-  al = _labels(archive_labels, "archive_labels", na)
-  if ql.ndim != al.ndim:
-    raise ValueError(f"evaluate: `query_labels` {ql.shape} and `archive_labels` {al.shape} are "
-                     "not the same kind (integer labels vs multi-hot)")
-  if pr_cutoffs is not None:
-    cutoffs = _check_cutoffs(pr_cutoffs, na)
-  elif pr_step:
-    cutoffs = np.arange(pr_step, na + 1, pr_step, dtype=np.int64)
-    if not len(cutoffs) or cutoffs[-1] != na:
-      cutoffs = np.append(cutoffs, na)
-  else:
-    cutoffs = None
-  protocol = _Protocol(_Relevance(ql, al), distance, int(k), int(n), cutoffs, modes,
-                       int(radius))
+  k, n, radius, pr_step, modes = _check_settings(q, len(a), k, n, distance, radius, pr_step,
+                                                 pr_cutoffs, map_modes)
+  ql, al = _check_label_pair(query_labels, archive_labels, len(q), len(a))
+  cutoffs = _pr_cutoffs(pr_cutoffs, pr_step, len(a))
+  protocol = _Protocol(_Relevance(ql, al), distance, k, n, cutoffs, modes, radius)
+  out = protocol.report(_rank_all(protocol, q, a, distance, threads), ql, class_names)
+  return {key: (float(v) if np.ndim(v) == 0 else v) for key, v in out.items()}
 
+
+def _rank_all(protocol: _Protocol, q: np.ndarray, a: np.ndarray, distance: str,
+              threads: int | None) -> dict:
+  """`protocol` run on every block of queries; its arrays joined over all queries.
+
+  Blocks rank in parallel, a bounded number in flight; XLA computes the next
+  distances on its own threads meanwhile.
+  """
   parts = []
   workers = threads or _threads()
   if workers == 1:
     parts = [protocol(rows, s) for rows, s in ranking.score_blocks(q, a, distance)]
   else:
-    # Blocks rank in parallel, a bounded number in flight; XLA computes the next
-    # distances on its own threads meanwhile.
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       pending = collections.deque()
       for rows, s in ranking.score_blocks(q, a, distance):
@@ -280,43 +343,7 @@ def evaluate(query_codes, archive_codes, query_labels, archive_labels, k: int = 
         if len(pending) >= 2 * workers:
           parts.append(pending.popleft().result())
       parts += [f.result() for f in pending]
-  r = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-  sum_k, found_k = metrics.sum_precision_top(r["rel_top"], k)
-  found_n = r["rel_top"][:, :n].sum(1)
-  n_rel = r["count"] if protocol.rel.multi else protocol.rel.n_rel
-  ap_k = metrics.safe_div(sum_k, found_k)
-  out = {}
-  if "thesis" in modes:
-    out[f"map@{k}"] = ap_k.mean()
-  if "min_k_rel" in modes:
-    out[f"map@{k}/min_k_rel"] = metrics.safe_div(sum_k, np.minimum(k, n_rel)).mean()
-  if "all" in modes:
-    out["map@all"] = metrics.safe_div(r["sum_all"], n_rel).mean()
-  if "hit_only" in modes:
-    out[f"map@{k}/hit_only"] = ap_k[found_k > 0].mean() if (found_k > 0).any() else 0.0
-  sizes, rel_sizes = _tie_groups(r["scores_top"], r["rel_top"], r["tie_end"], r["tie_found_end"])
-  ap_tie = metrics.tie_aware_average_precision(sizes, rel_sizes, k, "thesis")
-  out[f"map@{k}/tie_aware"] = ap_tie.mean()
-  out[f"precision@{n}"] = (found_n / n).mean()
-  out[f"recall@{n}"] = metrics.safe_div(found_n, n_rel).mean()
-  if distance == "hamming":
-    out[f"precision@r{radius}"] = metrics.safe_div(r["radius_found"], r["radius_n"]).mean()
-  if "gain_top" in r:  # multi-hot: gain = shared labels
-    gain, ideal = r["gain_top"], r["ideal_top"]
-  else:
-    gain = r["rel_top"][:, :k].astype(np.int64)
-    ideal = (np.arange(k)[None, :] < n_rel[:, None]).astype(np.int64)
-  out[f"ndcg@{k}"] = metrics.safe_div(metrics.dcg(gain), metrics.dcg(ideal)).mean()
-  out[f"acg@{k}"] = metrics.acg_at(gain, k).mean()
-  out.update(_classwise(ap_k, ql, f"classwise_map@{k}", class_names))
-  out.update(_classwise(ap_tie, ql, f"classwise_map@{k}/tie_aware", class_names))
-  if cutoffs is not None:
-    out["pr_curve/cutoffs"] = [int(c) for c in cutoffs]
-    out["pr_curve/precision"] = [float(v) for v in (r["found_cut"] / cutoffs).mean(0)]
-    out["pr_curve/recall"] = [float(v) for v in
-                              metrics.safe_div(r["found_cut"], n_rel[:, None]).mean(0)]
-  return {key: (float(v) if np.ndim(v) == 0 else v) for key, v in out.items()}
+  return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
 def _classwise(ap: np.ndarray, ql: np.ndarray, prefix: str, class_names) -> dict:

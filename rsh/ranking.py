@@ -167,12 +167,16 @@ def top_k_mask(scores: np.ndarray, k: int, kth: np.ndarray | None = None) -> np.
   return mask
 
 
-def kth_largest_count(values: np.ndarray, k: int, top: int) -> np.ndarray:
+def kth_largest_count(values: np.ndarray, k: int, top: int, *, return_need: bool = False):
   """The k-th largest of each row of int values in [0, top], by counting.
 
   For values that repeat a lot (SSM stage-2 overlaps): np.partition
   (introselect) slows down on repeats; on clustered features it took ~20x longer
   than counting.
+
+  values: int[r, c] -> int64[r]. With `return_need`, (kth, need): need[i] = k
+  minus the entries of row i above its k-th largest, i.e. how many of the
+  entries equal to it a top-k keeps (1 <= need <= those entries).
   """
   _check_scores(values, "values", "kth_largest_count")
   k = hamming.check_int(k, "k", "kth_largest_count", 1, values.shape[1],
@@ -182,7 +186,11 @@ def kth_largest_count(values: np.ndarray, k: int, top: int) -> np.ndarray:
   # array is needed.
   counts = np.stack([np.bincount(row, minlength=top + 1) for row in values])
   at_least = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]    # [r, v]: #entries >= v
-  return (at_least >= k).sum(axis=1) - 1
+  kth = (at_least >= k).sum(axis=1) - 1
+  if not return_need:
+    return kth
+  r = np.arange(len(values))
+  return kth, k - (at_least[r, kth] - counts[r, kth])
 
 
 # ----------------------------------------------------------------------------- rankings

@@ -30,6 +30,10 @@ def test_top_k_equals_stable_argsort(r, c, k, values, seed):
     if r:
       np.testing.assert_array_equal(kth, np.sort(scores, axis=1)[:, c - k])
       np.testing.assert_array_equal(ranking.top_k_mask(scores, k, kth), mask)
+      kth2, need = ranking.kth_largest_count(scores, k, values - 1, return_need=True)
+      np.testing.assert_array_equal(kth2, kth)
+      np.testing.assert_array_equal(need, k - (scores > kth[:, None]).sum(1))
+      assert ((need >= 1) & (need <= (scores == kth[:, None]).sum(1))).all()
 
 
 @FAST

@@ -13,6 +13,7 @@ import pytest
 from rsh import hamming
 from rsh import ranking
 from rsh import search
+from rsh.search import topk as search_topk
 
 FAST = settings(max_examples=40, deadline=None)
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -86,8 +87,8 @@ def test_search_blocks_over_archive_and_queries(monkeypatch):
 def test_search_paths_agree(monkeypatch, transpose_max, threads):
   # Group minima transposed by numpy or by XLA, query passes on one thread or two, and
   # a part-filled last group: the same exact answer.
-  monkeypatch.setattr(search, "_TRANSPOSE_MAX", transpose_max)
-  monkeypatch.setattr(search, "_THREADS", threads)
+  monkeypatch.setattr(search_topk, "_TRANSPOSE_MAX", transpose_max)
+  monkeypatch.setattr(search_topk, "_THREADS", threads)
   rng = np.random.default_rng(7)
   for nbytes, ties in [(8, False), (5, True), (16, False)]:
     make = (lambda m: few_valued_codes(rng, m, nbytes, 3)) if ties else (

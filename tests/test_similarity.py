@@ -9,6 +9,8 @@ import pytest
 from hypothesis import strategies as st
 
 from rsh import similarity
+from rsh.similarity import knn as sim_knn
+from rsh.similarity import packed as sim_packed
 from rsh import spectral as rspectral
 
 
@@ -177,7 +179,7 @@ def test_top_k_packed_equals_top_k_mask(r, n, k, top, dtype):
   rng = np.random.default_rng(r * n + k)
   values = rng.integers(0, top + 1, size=(r, n)).astype(dtype)
   values[0] = top                                            # one row all tied
-  got = similarity._top_k_packed(values, k, top)
+  got = sim_packed.top_k_packed(values, k, top)
   want = np.packbits(ranking.top_k_mask(values, k), axis=1)
   np.testing.assert_array_equal(got, want)
   assert (np.bitwise_count(got).sum(axis=1) == k).all()
@@ -194,7 +196,7 @@ def test_top_k_scores_packed_equals_top_k_mask(n, k, levels):
   if levels:
     scores = np.round(scores * levels / 2)
   scores[:, 0] = np.inf
-  got = similarity._top_k_scores_packed(scores, k)
+  got = sim_packed.top_k_scores_packed(scores, k)
   np.testing.assert_array_equal(got, np.packbits(ranking.top_k_mask(scores, k), axis=1))
 
 
@@ -209,7 +211,7 @@ def test_overlap_block_is_the_product_of_the_0_1_rows(rows, n_words, b):
   want = a @ a.T
   for r0 in range(0, rows, b):
     for c0 in range(0, rows, b):
-      got = similarity._overlap_block(words, np.ascontiguousarray(words.T), r0, c0, b, np.uint16)
+      got = sim_knn._overlap_block(words, np.ascontiguousarray(words.T), r0, c0, b, np.uint16)
       assert got.dtype == np.uint16
       np.testing.assert_array_equal(np.asarray(got), want[r0:r0 + b, c0:c0 + b])
 
