@@ -54,6 +54,8 @@ def rsh_step(batch: int, bits: int, channels: int, impl: str, g_pass: str = "sha
   import jax
   import jax.numpy as jnp
   import importlib.util
+  from rsh import losses as rlosses
+  from rsh import sharding
   from rsh import train as rtrain
   from rsh.methods import uahm
 
@@ -67,15 +69,16 @@ def rsh_step(batch: int, bits: int, channels: int, impl: str, g_pass: str = "sha
   gen, disc = uahm.build_models(config)
   if disc.channels != channels:
     raise SystemExit(f"--channels={channels}: the ms10 config has {disc.channels}")
-  mesh = rtrain.data_mesh()
-  state = rtrain.replicate(uahm.init_state(config, gen, disc, jax.random.PRNGKey(0)), mesh)
+  mesh = sharding.data_mesh()
+  state = sharding.replicate(uahm.init_state(config, gen, disc, jax.random.PRNGKey(0)), mesh)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
       [net.params for net in state.nets.values()]))
-  step = rtrain.jit_step(uahm.make_train_step(config, gen, disc), mesh)
+  step = rtrain.jit_step(
+      uahm.make_train_step(config, gen, disc, rlosses.bind(config.losses, nets=uahm.NETS)), mesh)
   rng = np.random.default_rng(0)
   host = {"x": rng.uniform(-1, 1, (batch, 64, 64, channels)).astype(np.float32),
           "similarity": rng.choice(np.array([-1, 1], np.int8), (batch, batch))}
-  data = rtrain.shard_batch(host, mesh)
+  data = sharding.shard_batch(host, mesh)
   key = jax.random.PRNGKey(1)
   box = {"state": state}
 
@@ -174,8 +177,8 @@ def main():
   args = parse()
   convs = args.cpu_conv.split(",")
   child_env = dict(os.environ)  # before this process sets its own XLA flag
-  from rsh import train as rtrain
-  if not rtrain.set_cpu_conv(convs[0]):
+  from rsh import platform
+  if not platform.set_cpu_conv(convs[0]):
     raise SystemExit(f"--cpu_conv={convs[0]}: XLA_FLAGS already sets "
                      "--xla_cpu_experimental_ynn_fusion_type otherwise")
   import jax

@@ -22,10 +22,9 @@ def get_config(arg=None):
   c.evals = ml_collections.ConfigDict(dict(
       retrieval=dict(type="retrieval", query="query", archive="archive",
                      codes="hash", vectors="hash"),
-      random_projection=dict(type="random_projection")))
-  config_lib.finish(c, a.variant)
-  # Full-batch: every step sees the whole training set; no stochastic schedule.
-  # Evaluated every 10 alternations: map_vs_steps.png is MAP against ITQ iterations.
-  c.train.update(dict(batch_size=None, num_steps=a.iterations, eval_every=10,
-                      checkpoint_every=a.iterations, log_every=10))
-  return c
+      random_projection=dict(type="lsh")))
+  # Full-batch whatever the variant: every step is one alternation on the whole
+  # training set. Evaluated every 10: map_vs_steps.png is MAP against iterations.
+  return config_lib.finish(c, a.variant, loop=dict(
+      batch_size=None, num_steps=a.iterations, eval_every=10,
+      checkpoint_every=a.iterations, log_every=10))

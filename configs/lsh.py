@@ -21,7 +21,6 @@ def get_config(arg=None):
   c.evals = ml_collections.ConfigDict(dict(
       retrieval=dict(type="retrieval", query="query", archive="archive",
                      codes="hash", vectors="hash")))
-  config_lib.finish(c, a.variant)
-  c.train.update(dict(batch_size=None, num_steps=1, eval_every=1, checkpoint_every=1,
-                      log_every=1))
-  return c
+  # Full-batch and one step: LSH draws its hyperplanes once, whatever the variant.
+  return config_lib.finish(c, a.variant, loop=dict(
+      batch_size=None, num_steps=1, eval_every=1, checkpoint_every=1, log_every=1))

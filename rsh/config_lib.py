@@ -112,14 +112,15 @@ def base(a, *, method: str, name: str, bands: str) -> ml_collections.ConfigDict:
       cache_dir=ml_collections.FieldReference(None, field_type=str),
       bands=bands, n_query=100,
       input="pixels",  # the view a method trains on: pixels | <backbone> (its features)
-      weights=ml_collections.FieldReference(None, field_type=str),  # a backbone's file
+      # A backbone's weight file (.pth), for the features view and the SSM's CNN.
+      weights=ml_collections.FieldReference(None, field_type=str),
       n_train=ml_collections.FieldReference(500, field_type=int),
       n_per_class=ml_collections.FieldReference(None, field_type=int)))
   c.optim = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.5, b2=0.999, eps=1e-8))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, num_steps=30_000, eval_every=2_500, checkpoint_every=500,
       log_every=50, progress=True,
-      cpu_conv="eigen"))  # XLA:CPU convolution kernels (rsh.train.set_cpu_conv)
+      cpu_conv="eigen"))  # XLA:CPU convolution kernels (rsh.platform.set_cpu_conv)
   # Shared defaults of every evaluator (each may set its own k, n, pr_step).
   c.eval = ml_collections.ConfigDict(dict(k=100, n=20, pr_step=500))
   return c
@@ -128,8 +129,7 @@ def base(a, *, method: str, name: str, bands: str) -> ml_collections.ConfigDict:
 def ssm() -> ml_collections.ConfigDict:
   """The thesis's unsupervised SSM (§5.2): CNN + local colour histograms, two-stage kNN."""
   return ml_collections.ConfigDict(dict(
-      spatial="efficientnet_lite0",
-      weights=ml_collections.FieldReference(None, field_type=str),
+      spatial="efficientnet_lite0",  # its weight file, if needed: config.data.weights
       spectral="local_hist", n_bins=32, n_patches=4, eta=6.0,
       k1=500, k2=300, n_ref=5000))
 
@@ -137,7 +137,7 @@ def ssm() -> ml_collections.ConfigDict:
 def baselines(features=("efficientnet_lite0",)) -> dict[str, dict]:
   """The shallow baselines beside a deep run (`config.evals` entries): LSH
   (`random_projection`) and ITQ on pixels, and both on each backbone's features."""
-  out = {"random_projection": dict(type="random_projection"), "itq": dict(type="itq")}
+  out = {"random_projection": dict(type="lsh"), "itq": dict(type="itq")}
   for b in features:
     out[f"lsh_{b}"] = dict(type="lsh", input=b)
     out[f"itq_{b}"] = dict(type="itq", input=b)
@@ -183,10 +183,17 @@ def crossmodal(a, *, name: str, similarity: str | None = None) -> ml_collections
   return c
 
 
-def finish(c: ml_collections.ConfigDict, variant: str,
-           variants: dict | None = None) -> ml_collections.ConfigDict:
-  """Applies the variant's overrides (`VARIANTS`, or `variants`) to a method's full config."""
-  for key, value in (VARIANTS if variants is None else variants)[variant].items():
+def finish(c: ml_collections.ConfigDict, variant: str, variants: dict | None = None,
+           loop: dict | None = None) -> ml_collections.ConfigDict:
+  """Applies the variant's overrides (`VARIANTS`, or `variants`) to a method's full config.
+
+  `loop`: a method's own `config.train` settings that no variant changes (e.g.
+  ITQ's full-batch loop: one step an alternation); the variant's other keys apply.
+  """
+  own = {f"train.{k}": v for k, v in (loop or {}).items()}
+  overrides = {**{k: v for k, v in (VARIANTS if variants is None else variants)[variant].items()
+                  if k not in own}, **own}
+  for key, value in overrides.items():
     *path, leaf = key.split(".")
     section = c
     for part in path:

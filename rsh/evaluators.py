@@ -20,11 +20,13 @@ import dataclasses
 import importlib
 import logging
 import pathlib
+import warnings
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from rsh import hamming
+from rsh import method as rmethod
 from rsh import protocol as rprotocol
 from rsh import shallow
 from rsh import similarity
@@ -43,11 +45,7 @@ class Context:
 
   def encoder(self, view: str) -> Callable[[Any, Any], Mapping[str, np.ndarray]]:
     """The encoder of a view: the method's one for it, else its only one."""
-    if self.encoders is None:
-      return self.encode
-    if view not in self.encoders:
-      raise ValueError(f"the method encodes the views {', '.join(self.encoders)}, not {view!r}")
-    return self.encoders[view]
+    return rmethod.encoder_of(self.encode, self.encoders, view)
 
 
 class Evaluator:
@@ -191,7 +189,7 @@ class Retrieval(Evaluator):
 class Shallow(Evaluator):
   """A shallow hash of a data view, fitted on the training set, the same protocol.
 
-  `lsh` (also `random_projection`): random hyperplanes through the training
+  `lsh`: random hyperplanes (random projection) through the training
   mean; `itq`: PCA + iterative quantisation (`rsh.shallow`). `input` is the
   view ("pixels", the config's bands in [-1, 1], or a backbone's features,
   e.g. "efficientnet_lite0"); `bits` defaults to `config.model.bits`, `seed`
@@ -335,13 +333,16 @@ class SsmQuality(Evaluator):
 
 EVALUATORS: Mapping[str, type] = {
     "retrieval": Retrieval,
-    "random_projection": Shallow,   # LSH on pixels, its first name
     "lsh": Shallow,
     "itq": Itq,
     "random_codes": RandomCodes,
     "cca_itq": CcaItq,
     "ssm_quality": SsmQuality,
 }
+
+
+# Old type names, for one release.
+_RENAMED = {"random_projection": "lsh"}
 
 
 def build(evals_config: Mapping[str, Any], ctx: Context,
@@ -352,6 +353,10 @@ def build(evals_config: Mapping[str, Any], ctx: Context,
   for name, cfg in evals_config.items():
     cfg = dict(cfg)
     kind = str(cfg.pop("type", name))
+    if kind in _RENAMED and kind not in known:
+      warnings.warn(f"config.evals.{name}.type={kind!r} is now {_RENAMED[kind]!r}",
+                    DeprecationWarning, stacklevel=2)
+      kind = _RENAMED[kind]
     if kind in known:
       cls = known[kind]
     elif ":" in kind:

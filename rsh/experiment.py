@@ -3,17 +3,13 @@
     data -> what the loss terms need (e.g. the SSM) -> method.build -> train.run
          -> evaluators (in the loop and once at the end) -> results.json -> figures
 
-A method supplies only what is its own, as a `Method`: the initial state, the
-pure step `(state, batch, rng) -> (state, metrics)`, the encoder
-`(state, images) -> {name: f32[n, l]}`, its bound loss terms (so the runner
-knows which batch inputs to make), and optionally `generate` and extra
+A method supplies only what is its own, as an `rsh.method.Method`: the
+initial state, the pure step `(state, batch, rng) -> (state, metrics)`, the
+encoder `(state, rows) -> {name: f32[n, l]}`, its bound loss terms (so the
+runner knows which batch inputs to make), and optionally `generate` and extra
 figures. Its module exposes `build(config, data, terms) -> Method`
-(`rsh/methods/__init__.py` maps `config.method` to it).
-
-The batch of step `s` holds `x` (training rows of the view `config.data.input`:
-pixels in [-1, 1] by default, or e.g. frozen features) and each
-batch input a bound loss term reads (`BATCH_INPUTS`: `similarity`, the SSM block
-of the batch), all cut from a pure function of `s` (exact resume).
+(`rsh/methods/__init__.py` maps `config.method` to it). What a batch holds is
+`rsh.method`'s docstring.
 """
 
 from __future__ import annotations
@@ -25,6 +21,7 @@ import logging
 import os
 import pathlib
 import time
+import warnings
 from typing import Any, Callable, Mapping
 
 import jax
@@ -32,35 +29,27 @@ import numpy as np
 
 from rsh import data as rdata
 from rsh import evaluators as revals
+from rsh import features  # noqa: F401  registers the features/<backbone> view
 from rsh import losses as rlosses
+from rsh import method as rmethod
 from rsh import methods
 from rsh import similarity
 from rsh import train as rtrain
 
 log = logging.getLogger(__name__)
 
+# Moved to rsh.method (below both the runner and the methods); the old names
+# still work for one release.
+_MOVED = {"Method": rmethod, "Encode": rmethod, "BatchSource": rmethod,
+          "BATCH_INPUTS": rmethod}
 
-Encode = Callable[[Any, Any], Mapping[str, np.ndarray]]   # (state, rows) -> {name: f32[n, l]}
 
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-  """What a method gives the runner (see the module docstring).
-
-  `encoders` (optional): one encoder per data view, for methods with one
-  network per modality (evaluators encode a set through the encoder of the
-  view they read); `encode` is then the default. `batch_views` (optional):
-  {batch key: view} when the batch holds more than `x` (e.g. `{"s1": "s1",
-  "s2": "pixels"}`, rows of the same pairs).
-  """
-  init: Callable[[jax.Array], Any]
-  step: rtrain.StepFn
-  encode: Encode
-  terms: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # losses.bind(...)
-  generate: Callable[[Any, int, int], np.ndarray] | None = None
-  figures: Callable[[Any, pathlib.Path], None] | None = None
-  encoders: Mapping[str, Encode] | None = None
-  batch_views: Mapping[str, str] | None = None
+def __getattr__(name: str):
+  if name in _MOVED:
+    warnings.warn(f"rsh.experiment.{name} moved to rsh.method.{name}", DeprecationWarning,
+                  stacklevel=2)
+    return getattr(_MOVED[name], name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def training_ssm(config, data: rdata.Prepared) -> tuple[np.ndarray, dict]:
@@ -75,15 +64,14 @@ def training_ssm(config, data: rdata.Prepared) -> tuple[np.ndarray, dict]:
   n = len(idx)
   k1 = similarity.scale_k(int(c.k1), n, int(c.n_ref))
   k2 = similarity.scale_k(int(c.k2), n, int(c.n_ref))
-  images = np.asarray(rdata.normalise(data.images[idx]), np.float32)
+  images = np.asarray(rdata.normalise(data.images[idx], data.max_dn), np.float32)
   spatial = None
   if c.spatial != "none":
     rgb = data.rgb(idx)
     if rgb is None:
       raise ValueError(f"config.ssm.spatial={c.spatial!r} needs the bands "
-                       f"{rdata.prepared.RGB} in the data")
-    from rsh import features  # only when a backbone is asked for
-    spatial = features.extract(c.spatial, rgb, weights=c.get("weights"))
+                       f"{' '.join(rdata.RGB)} in the data")
+    spatial = features.extract(c.spatial, rgb, weights=_weights(config))
   else:
     log.info("SSM: config.ssm.spatial='none', spectral features only")
   packed, info = similarity.build_ssm(
@@ -94,19 +82,16 @@ def training_ssm(config, data: rdata.Prepared) -> tuple[np.ndarray, dict]:
                   "k1": k1, "k2": k2}
 
 
-@dataclasses.dataclass(frozen=True)
-class BatchSource:
-  """What a batch input is cut from: the prepared data and the (lazy) training SSM."""
-  data: rdata.Prepared
-  ssm: Callable[[], tuple[np.ndarray, dict]]
-
-
-# Batch inputs a loss term may read: key -> fn(BatchSource, batch rows of the
-# training set) -> rows of the input.
-BATCH_INPUTS: Mapping[str, Callable[[BatchSource, np.ndarray], np.ndarray]] = {
-    "similarity": lambda src, idx: similarity.ssm_rows(src.ssm()[0], idx),
-    "labels": lambda src, idx: np.asarray(src.data.labels[src.data.split.train[idx]]),
-}
+def _weights(config) -> str | None:
+  """The backbone weight file: `config.data.weights` (one key for the features
+  view and the SSM's CNN); a config.json from before it was one key may still
+  name `ssm.weights`."""
+  old = config.ssm.get("weights")
+  if old and not config.data.get("weights"):
+    warnings.warn("config.ssm.weights is now config.data.weights", DeprecationWarning,
+                  stacklevel=2)
+    return old
+  return config.data.get("weights")
 
 
 def results_dict(config, data: rdata.Prepared, evals, final: Mapping[str, dict],
@@ -139,6 +124,11 @@ def results_dict(config, data: rdata.Prepared, evals, final: Mapping[str, dict],
       "baselines": baselines,
       "evals": {name: {k: v for k, v in final[name].items() if np.ndim(v) == 0}
                 for name in evals},
+      # The k, n and pr_step each evaluator ranked with (its own, else config.eval's);
+      # `k` and `n` above are config.eval's shared defaults.
+      "protocol": {name: {key: ev.option(key) for key in ("k", "n", "pr_step")}
+                   for name, ev in evals.items()
+                   if hasattr(ev, "option") and hasattr(ev, "archive")},
       "history": history,
       "seconds": round(seconds, 1),
       "timings": dict(timings),
@@ -161,6 +151,82 @@ def write_json(path: pathlib.Path, obj) -> None:
   os.replace(tmp, path)
 
 
+def loop_config(config) -> rtrain.LoopConfig:
+  """The loop's settings from `config.train`."""
+  return rtrain.LoopConfig(
+      num_steps=int(config.train.num_steps),
+      checkpoint_every=int(config.train.checkpoint_every),
+      eval_every=int(config.train.eval_every),
+      log_every=int(config.train.log_every),
+      progress=bool(config.train.get("progress", True)))
+
+
+def batch_size(config, n_train: int | None = None) -> int | None:
+  """`config.train.batch_size`, checked (against `n_train` when given); None
+  means the whole training set (full-batch methods, e.g. ITQ)."""
+  raw = config.train.batch_size
+  if raw is not None and (isinstance(raw, bool) or not isinstance(raw, (int, np.integer))
+                          or raw < 1):
+    raise ValueError(f"config.train.batch_size must be an integer >= 1 (or None: the whole "
+                     f"training set); got {raw!r}")
+  if n_train is None:
+    return None if raw is None else int(raw)
+  size = n_train if raw is None else int(raw)
+  if size > n_train:
+    raise ValueError(f"config.train.batch_size={size} is larger than the "
+                     f"training set ({n_train} images)")
+  return size
+
+
+def make_batch_fn(config, data: rdata.Prepared, method: rmethod.Method, ssm,
+                  size: int) -> tuple[Callable[[int], dict[str, np.ndarray]], dict]:
+  """`batch_fn(step)`: the batch of a step, a pure function of it (exact resume):
+  the method's batch views (default `x`, rows of `config.data.input`) and each
+  batch input a bound term reads. The SSM is built now if a term reads it, not
+  in the first step; returns its wall time in `timings`."""
+  keys = rlosses.input_keys(method.terms)
+  inputs = {k: fn for k, fn in method.inputs().items() if k in keys}
+  timings = {}
+  if "similarity" in inputs:
+    t0 = time.time()
+    ssm()
+    timings["ssm"] = round(time.time() - t0, 2)
+  rows = {key: data.train_rows(view) for key, view in (
+      method.batch_views or {"x": config.data.get("input")}).items()}
+  source = rmethod.BatchSource(data, ssm)
+  n_train = len(data.split.train)
+
+  def batch_fn(step: int) -> dict[str, np.ndarray]:
+    idx = rdata.batch_at(np.arange(n_train), size, config.seed, step)
+    return {**{key: x[idx] for key, x in rows.items()},
+            **{k: fn(source, idx) for k, fn in inputs.items()}}
+  return batch_fn, timings
+
+
+class _Evaluations:
+  """Runs the evaluators at a step (every one at the end, the in-loop ones
+  before) and keeps the last step's full results for results.json."""
+
+  def __init__(self, evals, num_steps: int):
+    self.evals, self.num_steps = evals, num_steps
+    self.done: dict[int, dict] = {}   # step -> full results of the evaluation at that step
+
+  def __call__(self, state, step: int) -> dict[str, dict]:
+    final = step >= self.num_steps  # a resumed longer run ends past num_steps
+    results = {name: ev.run(state, final) for name, ev in self.evals.items()
+               if final or ev.in_loop}
+    self.done = {step: results}
+    return results
+
+  def history_row(self, state, step: int) -> dict[str, float]:
+    return _history_row(self.evals, self(state, step))
+
+  def final(self, state, step: int) -> dict[str, dict]:
+    # The final evaluation ran inside the loop unless the run had already
+    # finished before (a resumed, complete workdir): then it runs here, once.
+    return self.done.get(step) or self(state, step)
+
+
 def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
                        evaluators: Mapping[str, type] | None = None,
                        on_start: Callable[[int], None] | None = None) -> dict:
@@ -176,75 +242,28 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   workdir = pathlib.Path(workdir)
   t_start = time.time()
   module = methods.get(config.method)
-  num_steps = int(config.train.num_steps)
-  loop = rtrain.LoopConfig(
-      num_steps=num_steps,
-      checkpoint_every=int(config.train.checkpoint_every),
-      eval_every=int(config.train.eval_every),
-      log_every=int(config.train.log_every),
-      progress=bool(config.train.get("progress", True)))
-  raw_batch = config.train.batch_size
-  if raw_batch is not None and (isinstance(raw_batch, bool) or not isinstance(raw_batch, (int, np.integer))
-                                or raw_batch < 1):
-    raise ValueError(f"config.train.batch_size must be an integer >= 1 (or None: the whole "
-                     f"training set); got {raw_batch!r}")
+  loop = loop_config(config)
+  batch_size(config)  # its type before any data is loaded
   data = rdata.prepare(config)
-  n_train = len(data.split.train)
-  # None: every step sees the whole training set (full-batch methods, e.g. ITQ).
-  batch_size = n_train if raw_batch is None else int(raw_batch)
-  if batch_size > n_train:
-    raise ValueError(f"config.train.batch_size={batch_size} is larger than the "
-                     f"training set ({len(data.split.train)} images)")
+  size = batch_size(config, len(data.split.train))
   method = module.build(config, data, terms=terms)
-  # What the bound loss terms read from the batch; the SSM is built now if a
-  # term reads it, not in the first step.
   ssm = functools.cache(lambda: training_ssm(config, data))
   # The evaluators check their settings (k, n, sets, views) before any work.
   ctx = revals.Context(config=config, data=data, encode=method.encode, ssm=ssm,
                        encoders=method.encoders)
   evals = revals.build(config.get("evals", {}), ctx, extra=evaluators)
-  inputs = {k: fn for k, fn in BATCH_INPUTS.items()
-            if k in rlosses.input_keys(method.terms)}
-  timings = {}
-  if "similarity" in inputs:
-    t0 = time.time()
-    ssm()
-    timings["ssm"] = round(time.time() - t0, 2)
-  rows = {key: data.train_rows(view) for key, view in (
-      method.batch_views or {"x": config.data.get("input")}).items()}
-  source = BatchSource(data, ssm)
-
-  def batch_fn(step: int) -> dict[str, np.ndarray]:
-    idx = rdata.batch_at(np.arange(n_train), batch_size, config.seed, step)
-    return {**{key: x[idx] for key, x in rows.items()},
-            **{k: fn(source, idx) for k, fn in inputs.items()}}
-
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, train_rng = jax.random.split(rng)
+  batch_fn, timings = make_batch_fn(config, data, method, ssm, size)
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = method.init(init_rng)
   for ev in evals.values():
     if hasattr(ev, "precheck"):  # an evaluator class from elsewhere may not have it
       ev.precheck(state)
-  done: dict[int, dict] = {}   # step -> full results of the evaluation at that step
-
-  def evaluate(state, step: int) -> dict[str, dict]:
-    final = step >= num_steps  # a resumed longer run ends past num_steps
-    results = {name: ev.run(state, final) for name, ev in evals.items()
-               if final or ev.in_loop}
-    done.clear()
-    done[step] = results
-    return results
-
-  def eval_fn(state, step):
-    return _history_row(evals, evaluate(state, step))
-
+  evaluate = _Evaluations(evals, loop.num_steps)
   state, history = rtrain.run(workdir=workdir, state=state, step_fn=method.step,
                               batch_fn=batch_fn, rng=train_rng, loop=loop,
-                              eval_fn=eval_fn if evals else None, on_start=on_start)
-  step = int(jax.device_get(state.step))
-  # The final evaluation ran inside the loop unless the run had already
-  # finished before (a resumed, complete workdir): then it runs here, once.
-  final = done.get(step) or evaluate(state, step)
+                              eval_fn=evaluate.history_row if evals else None,
+                              on_start=on_start)
+  final = evaluate.final(state, int(jax.device_get(state.step)))
   results = results_dict(config, data, evals, final, history, seconds=time.time() - t_start,
                          timings=timings)
   write_json(workdir / "results.json", results)  # before the figures: nothing lost
@@ -257,7 +276,7 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   return results
 
 
-def _figures(workdir, config, data, method: Method, evals, results, state) -> None:
+def _figures(workdir, config, data, method: rmethod.Method, evals, results, state) -> None:
   from rsh import plots  # matplotlib only when figures are drawn
   # Every baseline as a reference line: the level the codes are to beat.
   def label(name):  # "itq_efficientnet_lite0" -> "ITQ (efficientnet_lite0)"

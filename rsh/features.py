@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from rsh import data as rdata
 from rsh import weights as rweights
 from rsh.weights import convert
 
@@ -178,6 +179,34 @@ def extract(backbone: str, rgb: np.ndarray, *, batch_size: int = DEFAULT_BATCH_S
   return feats
 
 
+# ------------------------------------------------------- the data view it adds
+
+FEATURES = "features/"   # the view "features/<backbone>" of a prepared dataset
+
+
+def _view(prepared, backbone: str) -> np.ndarray:
+  """f32[n, d]: the backbone's features of every row's RGB bands (cached on disk)."""
+  rgb = prepared.rgb(np.arange(len(prepared.labels)))
+  if rgb is None:
+    raise ValueError(f"the view {FEATURES}{backbone} needs the bands {' '.join(rdata.RGB)}; "
+                     f"the data has {' '.join(prepared.dataset.band_names)}")
+  return extract(backbone, rgb, **prepared.feature_options)
+
+
+def _check_view(prepared, backbone: str) -> None:
+  """A backbone without packaged weights needs a file: refused at `prepare`."""
+  if prepared.feature_options.get("weights"):
+    return
+  spec = rweights.get(backbone)
+  if spec.default_path is None:
+    raise ValueError(f"the view {FEATURES}{backbone} needs {spec.title} weights: pass "
+                     f"--config.data.weights=PATH, a {spec.what} state dict (.pth)")
+
+
+rdata.register_view(rdata.DerivedView(prefix=FEATURES, names=lambda: tuple(BACKBONES),
+                                      compute=_view, check=_check_view))
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m rsh.features",
@@ -194,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--no_progress", action="store_true")
   args = parser.parse_args(argv)
 
-  from rsh import data as rdata  # the data layer only for the CLI
   try:
     ds = rdata.load(args.source, dir=args.dir, cache_dir=args.cache_dir,
                     n_per_class=args.n_per_class)

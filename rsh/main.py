@@ -102,17 +102,20 @@ def main(argv):
   logging.getLogger().setLevel(logging.WARNING)
   logging.getLogger("rsh").setLevel(logging.INFO)
   # Imported here: a bad flag is answered before jax is loaded.
+  from rsh import checkpoints
+  from rsh import platform
   from rsh import runs
   from rsh import train
-  train.quiet_closed_event_loops()
+  from rsh.workdir import WorkdirLockedError
+  platform.quiet_closed_event_loops()
   try:  # XLA reads its flags when jax's backend starts: before anything runs
-    train.set_cpu_conv(config.train.get("cpu_conv", "eigen"))
+    platform.set_cpu_conv(config.train.get("cpu_conv", "eigen"))
   except ValueError as e:
     fail(str(e))
   try:
     results = runs.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
   except (ValueError, OSError, runs.ConfigMismatchError, train.NonFiniteLossError,
-          train.CheckpointError, train.WorkdirLockedError) as e:
+          checkpoints.CheckpointError, WorkdirLockedError) as e:
     # Bad input (or a diverged run) is the user's to fix: one clear line, no
     # traceback; a diverged run keeps its last good checkpoint.
     fail(str(e) if not isinstance(e, OSError) or not e.filename

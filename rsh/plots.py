@@ -12,6 +12,8 @@ if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from rsh.data.bands import RGB  # noqa: E402
+
 
 def _stretch(rgb: np.ndarray) -> np.ndarray:
   """Per-image 2-98 percentile stretch: Sentinel-2 reflectances are dark."""
@@ -22,7 +24,7 @@ def _stretch(rgb: np.ndarray) -> np.ndarray:
 
 def composite(image: np.ndarray, band_names, which: str = "true") -> np.ndarray:
   """f32[h, w, 3] for display: `true` = B04 B03 B02, `nir` = B08 B04 B03."""
-  wanted = {"true": ("B04", "B03", "B02"), "nir": ("B08", "B04", "B03")}[which]
+  wanted = {"true": RGB, "nir": ("B08", "B04", "B03")}[which]
   names = list(band_names)
   if all(b in names for b in wanted):
     x = image[..., [names.index(b) for b in wanted]]

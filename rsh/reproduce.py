@@ -21,9 +21,12 @@ import time
 import numpy as np
 from absl import app, flags
 
+from rsh import checkpoints
 from rsh import cli
+from rsh import platform
 from rsh import runs
 from rsh import train
+from rsh.workdir import WorkdirLockedError
 
 TABLES = ("5.6", "5.7", "5.8", "5.9", "fig5.14")
 
@@ -304,18 +307,18 @@ def main(argv):
     sys.exit(2)
   created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)
-  train.set_cpu_conv()  # XLA's CPU convolution kernels, before jax's backend starts
+  platform.set_cpu_conv()  # XLA's CPU convolution kernels, before jax's backend starts
   # Identical programs across seeds compile once.
   import jax
   cache = pathlib.Path(os.environ.get("RSH_CACHE_DIR") or pathlib.Path.home() / ".cache/rsh")
   jax.config.update("jax_compilation_cache_dir", str(cache / "jax"))
   table = _TABLE.value
-  train.quiet_closed_event_loops()
+  platform.quiet_closed_event_loops()
   try:
     text = {"5.6": table_56, "5.7": lambda: table_57_58("5.7"), "5.8": lambda: table_57_58("5.8"),
             "5.9": table_59, "fig5.14": fig_514}[table]()
   except (ValueError, OSError, runs.ConfigMismatchError, train.NonFiniteLossError,
-          train.CheckpointError, train.WorkdirLockedError) as e:
+          checkpoints.CheckpointError, WorkdirLockedError) as e:
     if created and not any(workdir.iterdir()):
       workdir.rmdir()  # nothing was run: leave no empty folder behind
     cli.fail(str(e))

@@ -7,7 +7,7 @@ A workdir written by `rsh.runs.run` (or `python -m rsh.main`) holds the run's
 `config.json` and orbax checkpoints under `checkpoints/`; `load_run` rebuilds
 what the runner had: the config, the prepared data (`rsh.data.prepare`, the
 same seeded split), the built method (`rsh.methods.get(config.method).build`)
-and the latest state (`rsh.train.latest_state`). Nothing is trained or written.
+and the latest state (`rsh.checkpoints.latest_state`). Nothing is trained or written.
 
 `config_from_file("configs/uahm.py:demo,bits=32")` reads a config file of the
 repository the way `--config=` does, for notebooks that start a run themselves.
@@ -20,16 +20,18 @@ import importlib.util
 import json
 import os
 import pathlib
+import warnings
 from typing import Any, Mapping
 
 import jax
 import ml_collections
 import numpy as np
 
+from rsh import checkpoints
 from rsh import data as rdata
-from rsh import experiment
+from rsh import features  # noqa: F401  registers the features/<backbone> view
+from rsh import method as rmethod
 from rsh import methods
-from rsh import train as rtrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -40,7 +42,7 @@ class Run:
   workdir: pathlib.Path
   config: ml_collections.ConfigDict
   data: rdata.Prepared
-  method: experiment.Method
+  method: rmethod.Method
   state: Any            # the method's state pytree (e.g. rsh.update.TrainState)
   step: int             # the step of the restored checkpoint
 
@@ -96,9 +98,13 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(raw)
 
 
-def latest_step(workdir: str | os.PathLike) -> int | None:
-  """The step of the workdir's latest checkpoint, or None when it has none."""
-  return rtrain.latest_step(workdir)
+def __getattr__(name: str):
+  # Old names, for one release: one reader of checkpoint steps, rsh.checkpoints's.
+  if name == "latest_step":
+    warnings.warn("rsh.restore.latest_step moved to rsh.checkpoints.latest_step",
+                  DeprecationWarning, stacklevel=2)
+    return checkpoints.latest_step
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_run(workdir: str | os.PathLike, terms: Mapping[str, Any] | None = None) -> Run:
@@ -114,7 +120,7 @@ def load_run(workdir: str | os.PathLike, terms: Mapping[str, Any] | None = None)
   """
   workdir = pathlib.Path(workdir)
   config = read_config(workdir)
-  if latest_step(workdir) is None:
+  if checkpoints.latest_step(workdir) is None:
     raise FileNotFoundError(f"{workdir} holds no checkpoint ({workdir / 'checkpoints'} is "
                             "missing or empty): train the run first")
   data = rdata.prepare(config)
@@ -128,7 +134,7 @@ def load_run(workdir: str | os.PathLike, terms: Mapping[str, Any] | None = None)
     raise
   # Only the structure is needed to restore into: no parameters are computed.
   abstract = jax.eval_shape(method.init, jax.random.PRNGKey(int(config.seed)))
-  state = rtrain.latest_state(workdir, abstract)
+  state = checkpoints.latest_state(workdir, abstract)
   if state is None:
     raise FileNotFoundError(f"{workdir}: orbax found no finished checkpoint in "
                             f"{workdir / 'checkpoints'}")
@@ -146,10 +152,5 @@ def encode(run: Run, set_name: str, view: str | None = None) -> dict[str, np.nda
   data = run.data
   data.indices(set_name)  # a clear error for an unknown set
   view = data.view_name(view if view is not None else run.config.data.get("input"))
-  enc = run.method.encode
-  if run.method.encoders is not None:
-    if view not in run.method.encoders:
-      raise ValueError(f"the method encodes the views {', '.join(run.method.encoders)}, "
-                       f"not {view!r}")
-    enc = run.method.encoders[view]
+  enc = run.method.encoder(view)
   return {k: np.asarray(v) for k, v in enc(run.state, data.x(set_name, view)).items()}

@@ -18,7 +18,7 @@ import ml_collections
 
 from rsh import experiment
 from rsh import methods
-from rsh import train
+from rsh.workdir import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     started.append(step)
 
   try:
-    with train.workdir_lock(workdir):
+    with workdir_lock(workdir):
       try:
         return experiment.train_and_evaluate(config, workdir, terms=terms,
                                              evaluators=evaluators, on_start=on_start)

@@ -295,7 +295,7 @@ def test_torchvision_round_trip(tmp_path, arch, size, legacy):
 
 
 def test_missing_or_wrong_weights_say_what_to_supply(tmp_path):
-  with pytest.raises(FileNotFoundError, match=r"--config.ssm.weights=.*inception_v3_google"):
+  with pytest.raises(FileNotFoundError, match=r"--config.data.weights=.*inception_v3_google"):
     rweights.load_pretrained("inception_v3", None)
   with pytest.raises(FileNotFoundError, match=r"not found at .*nope.pth.*resnet50-"):
     rweights.load_pretrained("resnet50", tmp_path / "nope.pth")

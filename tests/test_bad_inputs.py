@@ -13,6 +13,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,9 +28,11 @@ import numpy as np
 import pytest
 import tifffile
 
+from rsh import checkpoints
 from rsh import data as rdata
 from rsh import experiment
 from rsh import hamming
+from rsh import histories
 from rsh import metrics
 from rsh import protocol
 from rsh import ranking
@@ -37,6 +40,7 @@ from rsh import runs
 from rsh import search
 from rsh import shallow
 from rsh import train
+from rsh import workdir as rworkdir
 from rsh.data import cache as rcache
 
 
@@ -47,6 +51,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, module="rsh.main", timeout=600):
+  """`python -m module args` in a subprocess: for what only a real process shows
+  (`--help`, what the interpreter prints at exit); the rest runs in process
+  (`run_cli`, tests/conftest.py), through the same flag parsing and `main`."""
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
                         text=True, timeout=timeout)
 
@@ -79,9 +86,18 @@ def _one_error_line(out, *names):
     (["--config=configs/uahm.py:smoke", "--workdir=W", "--bogus_flag=1"], ["bogus_flag"]),
     (["--config=configs/uahm.py:smoke", "--workdir=W", "stray"], ["unexpected arguments: stray"]),
 ])
-def test_cli_flag_mistakes_are_one_line_before_anything_is_written(tmp_path, args, names):
+def test_cli_flag_mistakes_are_one_line_before_anything_is_written(tmp_path, run_cli, args,
+                                                                   names):
   args = [a.replace("=W", f"={tmp_path / 'w'}") for a in args]
-  _one_error_line(_cli(*args), *names)
+  _one_error_line(run_cli(*args), *names)
+  assert not (tmp_path / "w").exists()
+
+
+def test_cli_flag_mistake_in_a_real_process(tmp_path):
+  # End to end: `python -m rsh.main` itself, absl's app.run included.
+  out = _cli("--config=configs/uahm.py:smoke", f"--workdir={tmp_path / 'w'}",
+             "--config.train.nmu_steps=5")
+  _one_error_line(out, "config.train has no key 'nmu_steps'", "num_steps")
   assert not (tmp_path / "w").exists()
 
 
@@ -92,26 +108,28 @@ def test_cli_flag_mistakes_are_one_line_before_anything_is_written(tmp_path, arg
     ("--config.eval.n=0", ["config.eval.n", ">= 1"]),
     ("--config.eval.pr_step=-5", ["config.eval.pr_step", "-5"]),
 ])
-def test_cli_bad_values_are_refused_before_training_leaving_no_workdir(tmp_path, override, names):
-  out = _cli("--config=configs/uahm.py:smoke", f"--workdir={tmp_path / 'w'}", override)
+def test_cli_bad_values_are_refused_before_training_leaving_no_workdir(tmp_path, run_cli,
+                                                                       override, names):
+  out = run_cli("--config=configs/uahm.py:smoke", f"--workdir={tmp_path / 'w'}", override)
   _one_error_line(out, *names)
   assert "train:" not in out.stderr  # refused before the first step
+  assert "eval at step" not in out.stderr  # (the log is on stderr, as in a process)
   assert not (tmp_path / "w").exists()
 
 
-def test_cli_workdir_that_is_a_file_is_named(tmp_path):
+def test_cli_workdir_that_is_a_file_is_named(tmp_path, run_cli):
   (tmp_path / "f").write_text("x")
-  _one_error_line(_cli("--config=configs/uahm.py:smoke", f"--workdir={tmp_path / 'f'}"),
+  _one_error_line(run_cli("--config=configs/uahm.py:smoke", f"--workdir={tmp_path / 'f'}"),
                   str(tmp_path / "f"), "is a file")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_cli_unwritable_workdir_is_named(tmp_path):
+def test_cli_unwritable_workdir_is_named(tmp_path, run_cli):
   locked = tmp_path / "ro"
   locked.mkdir()
   locked.chmod(0o500)
   try:
-    _one_error_line(_cli("--config=configs/uahm.py:smoke", f"--workdir={locked / 'w'}"),
+    _one_error_line(run_cli("--config=configs/uahm.py:smoke", f"--workdir={locked / 'w'}"),
                     str(locked / "w"))
   finally:
     locked.chmod(0o700)
@@ -131,9 +149,9 @@ def test_cli_help_lists_the_flags_with_an_example():
     (["--set=train.num_steps=ten"], ["--set 'train.num_steps=ten'"]),
     (["--set=train.num_steps"], ["expected key=value"]),
 ])
-def test_reproduce_bad_set_overrides_are_named(tmp_path, args, names):
-  out = _cli("--table=5.7", "--variant=demo", "--bits=32", f"--workdir={tmp_path / 'w'}",
-             *args, module="rsh.reproduce")
+def test_reproduce_bad_set_overrides_are_named(tmp_path, run_cli, args, names):
+  out = run_cli("--table=5.7", "--variant=demo", "--bits=32", f"--workdir={tmp_path / 'w'}",
+                *args, module="rsh.reproduce")
   _one_error_line(out, *names)
   assert not (tmp_path / "w").exists()
 
@@ -160,9 +178,22 @@ def _toy_config(**changes):
   return config
 
 
-def test_item1_a_kill_between_checkpoint_and_evaluation_loses_no_evaluation(tmp_path):
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+  """One finished run of `_toy_config()`: (its workdir, its results); copy it
+  with `_copy_of` to start where a test's own first run would have left off."""
+  workdir = tmp_path_factory.mktemp("toy") / "w"
+  return workdir, runs.run(_toy_config(), workdir)
+
+
+def _copy_of(toy_run, dest: pathlib.Path) -> pathlib.Path:
+  shutil.copytree(toy_run[0], dest, dirs_exist_ok=True)
+  return dest
+
+
+def test_item1_a_kill_between_checkpoint_and_evaluation_loses_no_evaluation(tmp_path, toy_run):
   # Reference: the uninterrupted run's curve.
-  ref = runs.run(_toy_config(), tmp_path / "ref")
+  _, ref = toy_run
   # The same run "killed" in its first evaluation (step 3): checkpoint 3 is saved.
   config = _toy_config(**{"train.checkpoint_every": 3})
 
@@ -188,10 +219,10 @@ def test_item1_a_kill_between_checkpoint_and_evaluation_loses_no_evaluation(tmp_
   assert results["history"] == ref["history"]
 
 
-def test_item2_incompatible_config_change_keeps_config_json_and_says_why(tmp_path):
-  runs.run(_toy_config(), tmp_path)
+def test_item2_incompatible_config_change_keeps_config_json_and_says_why(tmp_path, toy_run):
+  _copy_of(toy_run, tmp_path)
   before = (tmp_path / "config.json").read_text()
-  with pytest.raises(train.CheckpointError, match=r"checkpoints.*can be restored"):
+  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints.*can be restored"):
     runs.run(_toy_config(**{"model.bits": 32}), tmp_path, allow_config_change=True)
   assert (tmp_path / "config.json").read_text() == before
   # The workdir still resumes with its own config.
@@ -262,7 +293,7 @@ def test_item4_no_readable_checkpoint_is_one_error_moving_nothing(tmp_path):
   runs.run(config, tmp_path)
   for step in ("3", "6"):
     _corrupt(tmp_path / "checkpoints" / step)
-  with pytest.raises(train.CheckpointError, match=r"steps 6, 3"):
+  with pytest.raises(checkpoints.CheckpointError, match=r"steps 6, 3"):
     runs.run(config, tmp_path)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
 
@@ -271,14 +302,14 @@ def test_item5_a_second_run_in_a_held_workdir_is_refused_naming_the_holder(tmp_p
   holder = subprocess.Popen(
       [sys.executable, "-c", textwrap.dedent(f"""
           import sys, time
-          from rsh import train
-          with train.workdir_lock({str(tmp_path)!r}):
+          from rsh.workdir import workdir_lock
+          with workdir_lock({str(tmp_path)!r}):
               print("held", flush=True)
               time.sleep(120)
       """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(train.WorkdirLockedError, match=rf"pid {holder.pid} on host"):
+    with pytest.raises(rworkdir.WorkdirLockedError, match=rf"pid {holder.pid} on host"):
       runs.run(_toy_config(), tmp_path)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.json").exists()
   finally:
@@ -288,16 +319,16 @@ def test_item5_a_second_run_in_a_held_workdir_is_refused_naming_the_holder(tmp_p
   assert runs.run(_toy_config(), tmp_path)["bits"] == 16
 
 
-def test_item9_eval_keys_may_change_on_resume(tmp_path):
-  runs.run(_toy_config(), tmp_path)
+def test_item9_eval_keys_may_change_on_resume(tmp_path, toy_run):
+  _copy_of(toy_run, tmp_path)
   results = runs.run(_toy_config(**{"eval.k": 10, "evals.retrieval.in_loop": False}), tmp_path)
   assert "map@10" in results["metrics"]
   with pytest.raises(runs.ConfigMismatchError, match=r"optim.lr"):
     runs.run(_toy_config(**{"optim.lr": 0.5}), tmp_path)
 
 
-def test_item9_fewer_steps_than_the_checkpoint_says_what_it_reports(tmp_path, caplog):
-  runs.run(_toy_config(), tmp_path)
+def test_item9_fewer_steps_than_the_checkpoint_says_what_it_reports(tmp_path, caplog, toy_run):
+  _copy_of(toy_run, tmp_path)
   with caplog.at_level(logging.WARNING, logger="rsh"):
     results = runs.run(_toy_config(**{"train.num_steps": 3}), tmp_path)
   assert "past train.num_steps=3" in caplog.text and "step 6" in caplog.text
@@ -309,16 +340,16 @@ def test_item9_fewer_steps_than_the_checkpoint_says_what_it_reports(tmp_path, ca
     ("eval_history.jsonl", lambda w: runs.run(_toy_config(**{"train.num_steps": 9}), w)),
     ("results.json", runs.load_results),
 ])
-def test_item9_a_truncated_json_file_is_named(tmp_path, name, reader):
-  runs.run(_toy_config(), tmp_path)
+def test_item9_a_truncated_json_file_is_named(tmp_path, toy_run, name, reader):
+  _copy_of(toy_run, tmp_path)
   path = tmp_path / name
   path.write_text(path.read_text()[:25])
   with pytest.raises((ValueError, runs.ConfigMismatchError), match=name):
     reader(tmp_path)
 
 
-def test_item10_two_identical_runs_have_identical_metrics(tmp_path):
-  a = runs.run(_toy_config(), tmp_path / "a")
+def test_item10_two_identical_runs_have_identical_metrics(tmp_path, toy_run):
+  _, a = toy_run  # run earlier in this process, in another workdir
   b = runs.run(_toy_config(), tmp_path / "b")
   assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
   assert not [k for k in a["metrics"] if "second" in k or "time" in k]
@@ -373,11 +404,13 @@ def test_loop_settings_are_named(kwargs, message):
     train.LoopConfig(**kwargs)
 
 
-def test_cli_resume_into_an_incompatible_checkpoint_is_one_line_and_keeps_config_json(tmp_path):
+def test_cli_resume_into_an_incompatible_checkpoint_is_one_line_and_keeps_config_json(
+    tmp_path, toy_run):
+  # In a real process: what the interpreter prints at exit is part of the check.
   from tests.test_core import CONFIG
   (tmp_path / "toy.py").write_text(CONFIG)
   args = (f"--config={tmp_path / 'toy.py'}", f"--workdir={tmp_path / 'w'}")
-  assert _cli(*args).returncode == 0
+  _copy_of(toy_run, tmp_path / "w")  # a finished run of toy.py
   before = (tmp_path / "w" / "config.json").read_text()
   out = _cli(*args, "--config.model.bits=32", "--allow_config_change")
   _one_error_line(out, str(tmp_path / "w" / "checkpoints"), "stored shape")
@@ -1027,12 +1060,13 @@ def test_the_training_curve_survives_a_kill_and_matches_an_uninterrupted_run(tmp
     train.run(workdir=tmp_path / "w", batch_fn=batches(kill_at=5), **kw)
   with open(tmp_path / "w" / "train_history.jsonl", "a") as f:
     f.write('{"step": 6, "lo')  # and a line cut by the kill
-  assert [r["step"] for r in train.read_train_history(tmp_path / "w")] == [1, 2, 3, 4, 5]
+  assert [r["step"] for r in histories.read_train_history(tmp_path / "w")] == [1, 2, 3, 4, 5]
   train.run(workdir=tmp_path / "w", batch_fn=batches(), **kw)
-  ref = train.read_train_history(tmp_path / "ref")
+  ref = histories.read_train_history(tmp_path / "ref")
   assert [r["step"] for r in ref] == [1, 2, 3, 4, 5, 6]
-  assert train.read_train_history(tmp_path / "w") == ref
-  assert train.latest_step(tmp_path / "w") == 6 and train.latest_step(tmp_path / "none") is None
+  assert histories.read_train_history(tmp_path / "w") == ref
+  assert checkpoints.latest_step(tmp_path / "w") == 6
+  assert checkpoints.latest_step(tmp_path / "none") is None
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rsh import evaluators as revals
-from rsh import experiment
+from rsh import method as rmethod
 from rsh import losses as rlosses
 from rsh import runs
 from rsh import update
@@ -57,7 +57,7 @@ def build(config, data, terms=None):
   def encode(state, images):
     return update.in_batches(lambda x: apply(state.nets["encoder"].params, x), images, 64)
 
-  return experiment.Method(init=init, step=step, encode=encode, terms=bound)
+  return rmethod.Method(init=init, step=step, encode=encode, terms=bound)
 
 
 def spread(codes):
@@ -96,6 +96,8 @@ CONFIG = textwrap.dedent("""
 
 
 def test_a_toy_method_term_and_evaluator_train_through_the_entry_point(tmp_path):
+  # In a real process, `python -m rsh.main` end to end (app.run, the XLA flag
+  # set before jax starts): the suite's one successful run in a process of its own.
   (tmp_path / "toy.py").write_text(CONFIG)
   out = subprocess.run([sys.executable, "-m", "rsh.main", f"--config={tmp_path / 'toy.py'}",
                         f"--workdir={tmp_path / 'w'}"], cwd=REPO, capture_output=True,

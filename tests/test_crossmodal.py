@@ -1,14 +1,13 @@
 """Cross-modal S1 <-> S2 hashing (configs/crossmodal.py, sscm.py, duch.py) on the core.
 
 The smoke variants run in the default suite; the demo variants (a few minutes
-each) are `slow` and must beat random codes in all four directions.
+each) are `slow` and must beat random codes in all four directions, and so is
+the run on the six real BigEarthNet pairs (its data and model side is not).
 """
 
 import importlib.util
 import json
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ import pytest
 from rsh import config_lib
 from rsh import data as rdata
 from rsh import evaluators
-from rsh import experiment
+from rsh import method as rmethod
 from rsh import runs
 from rsh.methods import crossmodal as method
 
@@ -98,10 +97,10 @@ def test_batches_hold_both_modalities_and_labels_of_the_same_pairs():
   assert m.batch_views == {"s1": "s1", "s2": "pixels"}
   # what train_and_evaluate cuts for a step: the same training rows of each
   # view, and the labels of those rows
-  src = experiment.BatchSource(data, lambda: None)
+  src = rmethod.BatchSource(data, lambda: None)
   idx = rdata.batch_at(np.arange(len(data.split.train)), 16, config.seed, 0)
   rows = data.split.train[idx]
-  np.testing.assert_array_equal(experiment.BATCH_INPUTS["labels"](src, idx), data.labels[rows])
+  np.testing.assert_array_equal(rmethod.BATCH_INPUTS["labels"](src, idx), data.labels[rows])
   np.testing.assert_array_equal(data.train_rows("s1")[idx], data.view("s1")[rows])
   np.testing.assert_array_equal(data.train_rows("pixels")[idx], data.x("train", "pixels")[idx])
 
@@ -146,10 +145,8 @@ def test_bad_modalities_are_refused():
     method.build(config, data)
 
 
-def test_cli_smoke_and_a_bad_variant(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "rsh.main", "--config=configs/duch.py:nope",
-                        f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+def test_cli_smoke_and_a_bad_variant(tmp_path, run_cli):
+  out = run_cli("--config=configs/duch.py:nope", f"--workdir={tmp_path}")
   assert out.returncode != 0 and "unknown config variant 'nope'" in out.stderr
 
 
@@ -185,6 +182,19 @@ def test_cca_matches_the_generalised_eigenproblem_and_aligns_the_views():
   assert (bx == by).mean() > 0.8 > 0.6 > (bx == by[rng.permutation(400)]).mean()
 
 
+def test_the_example_variant_reads_the_six_real_pairs(tmp_path):
+  # The data and model side of the slow run below, in the default suite.
+  pytest.importorskip("bigearthnet_common.constants", reason="bigearthnet-common not installed")
+  config = get_config("crossmodal", "example")
+  config.data.cache_dir = str(tmp_path / "cache")
+  data = rdata.prepare(config)
+  assert data.dataset.source == "bigearthnet" and "s1" in data.view_names()
+  sizes = [len(data.indices(s)) for s in ("query", "archive", "train")]
+  assert sizes == [2, 4, 4]  # the snowy pair included
+  assert set(method.build(config, data).encoders) == {"s1", "pixels"}
+
+
+@pytest.mark.slow
 def test_the_six_real_pairs_run_end_to_end(tmp_path):
   pytest.importorskip("bigearthnet_common.constants", reason="bigearthnet-common not installed")
   config = get_config("crossmodal", "example")

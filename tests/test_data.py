@@ -553,3 +553,15 @@ def test_cli_demo_in_process(capsys, tmp_path):
   assert "bands (3): B04 B03 B02" in out and "total: 20 images" in out
   assert cli.main(["--source=demo", "--bands=B13"]) == 2
   assert "B13" in capsys.readouterr().err
+
+
+def test_the_data_cli_leaves_no_handler_behind(capsys):
+  """Called in a process (a notebook, a test), `python -m rsh.data`'s main must not
+  leave a handler on a stream that goes away with the call."""
+  import logging
+  from rsh.data import __main__ as cli
+  log = logging.getLogger("rsh.data")
+  before = (list(log.handlers), log.level)
+  assert cli.main(["--source=demo", "--n_per_class=2"]) == 0
+  assert "demo" in capsys.readouterr().out
+  assert (list(log.handlers), log.level) == before

@@ -1,8 +1,5 @@
 """rsh.features: preprocessing, batching, the on-disk cache and the CLI."""
 
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -90,13 +87,14 @@ def test_unknown_backbone_and_missing_weights(rgb, tmp_path):
   assert {b.feature_dim for b in features.BACKBONES.values()} == {1280, 2048}
 
 
-def test_cli_rejects_unknown_backbone():
-  proc = subprocess.run([sys.executable, "-m", "rsh.features", "--backbone=vgg16"],
-                        capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2
-  assert "invalid choice: 'vgg16'" in proc.stderr
-  assert "efficientnet_lite0" in proc.stderr and "resnet50" in proc.stderr
-  assert "Traceback" not in proc.stderr
+def test_cli_rejects_unknown_backbone(capsys):
+  with pytest.raises(SystemExit) as e:  # argparse's exit, as `python -m rsh.features` ends
+    features.main(["--backbone=vgg16"])
+  err = capsys.readouterr().err
+  assert e.value.code == 2
+  assert "invalid choice: 'vgg16'" in err
+  assert "efficientnet_lite0" in err and "resnet50" in err
+  assert "Traceback" not in err
 
 
 def _data_layer():

@@ -1,4 +1,5 @@
-"""Tests of rsh.losses against float64 numpy loops written from eq. 5.3-5.8."""
+"""Tests of UAHM's loss terms (rsh.losses.adversarial, .hashing, .pairwise) against
+float64 numpy loops written from eq. 5.3-5.8, and of the binding (rsh.losses)."""
 
 import functools
 import math
@@ -321,8 +322,9 @@ def test_notebook_terms_are_pure(step_values):
                                             real_target=0.9), rtol=1e-6)
 
 
-def test_a_term_named_by_import_path(step_values):
-  bound = _bind({"b": dict(type="rsh.losses:binary_loss", weight=1.0, codes="other_hash")})
+@pytest.mark.parametrize("path", ["rsh.losses:binary_loss", "rsh.losses.hashing:binary_loss"])
+def test_a_term_named_by_import_path(step_values, path):
+  bound = _bind({"b": dict(type=path, weight=1.0, codes="other_hash")})
   _, values = losses.total_loss(bound["discriminator"], step_values)
   np.testing.assert_allclose(values["b"], binary_ref(np.asarray(step_values["other_hash"])),
                              rtol=1e-5)

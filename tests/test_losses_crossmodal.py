@@ -1,6 +1,9 @@
-"""Tests of rsh.losses_crossmodal against float64 numpy loops written from the formulas."""
+"""Tests of the cross-modal loss terms (rsh.losses.pairwise, .hashing, .contrastive,
+.adversarial) against float64 numpy loops written from the formulas."""
 
+import importlib
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,6 @@ import numpy as np
 import pytest
 
 from rsh import losses
-from rsh import losses_crossmodal as cm
 
 RTOL = 1e-5
 
@@ -21,15 +23,15 @@ def _jit(fn, *static, grad=None):
   return jax.jit(fn, static_argnames=static)
 
 
-label_similarity = _jit(cm.label_similarity, "measure")
-pairwise = _jit(cm.pairwise_similarity_loss, "measure", "alpha")
-quantisation = _jit(cm.quantisation_loss)
-bit_balance = _jit(cm.bit_balance_loss)
-nt_xent = _jit(cm.nt_xent_loss)
-infonce = _jit(cm.infonce_loss)
-angular = _jit(cm.angular_loss)
-intra_topk = _jit(cm.intra_topk_loss, "k")
-gradient_penalty = _jit(cm.gradient_penalty_loss)
+label_similarity = _jit(losses.label_similarity, "measure")
+pairwise = _jit(losses.pairwise_similarity_loss, "measure", "alpha")
+quantisation = _jit(losses.quantisation_loss)
+bit_balance = _jit(losses.bit_balance_loss)
+nt_xent = _jit(losses.nt_xent_loss)
+infonce = _jit(losses.infonce_loss)
+angular = _jit(losses.angular_loss)
+intra_topk = _jit(losses.intra_topk_loss, "k")
+gradient_penalty = _jit(losses.gradient_penalty_loss)
 
 
 # ----------------------------------------------------------------------------
@@ -222,7 +224,7 @@ def test_pairwise_extreme_theta_finite():
   y = np.array([[1, 0], [0, 1], [1, 1]], np.uint8)
   h = np.array([[1.0], [-1.0], [1.0]], np.float32)
   for alpha in (1e3, -1e3):
-    value, grads = _jit(cm.pairwise_similarity_loss, "measure", "alpha", grad=(0, 1))(
+    value, grads = _jit(losses.pairwise_similarity_loss, "measure", "alpha", grad=(0, 1))(
         h, h, y, y, alpha=alpha, measure="jaccard")
     assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads)
     _close(value, pairwise_ref(h, h, y, y, "jaccard", alpha))
@@ -242,7 +244,7 @@ def test_quantisation_of_signs_is_zero_and_sign_is_constant():
   # The target is constant: d/dh (h - sign h)^2 / n = 2 (h - sign h) / n, and
   # at h = 0 the target is +1 (a gradient step moves 0 towards +1).
   h = np.array([[0.5, -0.25, 0.0, 0.0]], np.float32)
-  _, grad = _jit(cm.quantisation_loss, grad=0)(h)
+  _, grad = _jit(losses.quantisation_loss, grad=0)(h)
   np.testing.assert_allclose(grad, [[-0.25, 0.375, -0.5, -0.5]], rtol=1e-6)
 
 
@@ -317,7 +319,7 @@ def test_intra_topk_neighbours_are_constant():
   # The gradient is that of 1 - mean(C[i, nbr(i)]) with nbr fixed: moving one
   # item towards a non-neighbour must not change the choice, only C's values.
   x = _features(np.random.default_rng(5), 6, 4)
-  _, grad = _jit(cm.intra_topk_loss, "k", grad=0)(x, k=2)
+  _, grad = _jit(losses.intra_topk_loss, "k", grad=0)(x, k=2)
   c = np.array([[_cos(u, v) for v in x] for u in x])
   np.fill_diagonal(c, -np.inf)
   nbr = np.argsort(-c, axis=1)[:, :2]
@@ -351,14 +353,14 @@ def _all_losses(rng, b=6, l=16, d=8):
   y = _labels(rng, b, 4)
   g = jnp.asarray(rng.random(b).astype(np.float32))
   return {
-      "pairwise": (cm.pairwise_similarity_loss, (ha, hb, y, y)),
-      "quantisation": (cm.quantisation_loss, (ha,)),
-      "bit_balance": (cm.bit_balance_loss, (ha,)),
-      "nt_xent": (cm.nt_xent_loss, (fa, fb)),
-      "infonce": (cm.infonce_loss, (fa, fb)),
-      "angular": (cm.angular_loss, (fa, fb)),
-      "intra_topk": (cm.intra_topk_loss, (fa,)),
-      "gradient_penalty": (cm.gradient_penalty_loss, (g,)),
+      "pairwise": (losses.pairwise_similarity_loss, (ha, hb, y, y)),
+      "quantisation": (losses.quantisation_loss, (ha,)),
+      "bit_balance": (losses.bit_balance_loss, (ha,)),
+      "nt_xent": (losses.nt_xent_loss, (fa, fb)),
+      "infonce": (losses.infonce_loss, (fa, fb)),
+      "angular": (losses.angular_loss, (fa, fb)),
+      "intra_topk": (losses.intra_topk_loss, (fa,)),
+      "gradient_penalty": (losses.gradient_penalty_loss, (g,)),
   }
 
 
@@ -371,7 +373,7 @@ def test_jittable_and_differentiable(name):
   assert np.all(np.isfinite(grad)) and np.any(grad != 0)
 
 
-@pytest.mark.parametrize("fn", [cm.nt_xent_loss, cm.infonce_loss, cm.angular_loss])
+@pytest.mark.parametrize("fn", [losses.nt_xent_loss, losses.infonce_loss, losses.angular_loss])
 def test_cosine_losses_finite_for_zero_vectors(fn):
   a = np.zeros((4, 8), np.float32)
   c = _features(np.random.default_rng(8), 4, 8)
@@ -386,7 +388,7 @@ def test_cosine_losses_finite_for_zero_vectors(fn):
 def test_intra_topk_finite_for_zero_vectors():
   x = _features(np.random.default_rng(9), 5, 8)
   x[2] = 0
-  value_and_grad = _jit(cm.intra_topk_loss, "k", grad=0)
+  value_and_grad = _jit(losses.intra_topk_loss, "k", grad=0)
   for y in (x, np.zeros_like(x)):
     value, grad = value_and_grad(y, k=2)
     assert np.isfinite(value) and np.all(np.isfinite(grad))
@@ -396,7 +398,7 @@ def test_angular_finite_gradient_at_identical_and_opposite_pairs():
   # Axis vectors: cos is exactly +-1, where arccos' is infinite without the clip.
   axes = np.array([[1, 0, 0], [0, 2, 0], [0, 0, -3]], np.float32)
   rand = _features(np.random.default_rng(10), 3, 3)
-  value_and_grad = _jit(cm.angular_loss, grad=(0, 1))
+  value_and_grad = _jit(losses.angular_loss, grad=(0, 1))
   for a, b in ((axes, axes), (axes, -axes), (rand, rand)):
     value, grads = value_and_grad(a, b)
     assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads)
@@ -407,27 +409,28 @@ Y = np.zeros((4, 3), np.uint8)
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: cm.label_similarity(Y[0], Y), r"label_similarity: labels_a must be rank 2.*\(3,\)"),
-    (lambda: cm.label_similarity(Y, Y[:, :2]),
+    (lambda: losses.label_similarity(Y[0], Y),
+     r"label_similarity: labels_a must be rank 2.*\(3,\)"),
+    (lambda: losses.label_similarity(Y, Y[:, :2]),
      r"label_similarity:.*number of classes.*\(4, 3\).*\(4, 2\)"),
-    (lambda: cm.pairwise_similarity_loss(H, H[:, :4], Y, Y),
+    (lambda: losses.pairwise_similarity_loss(H, H[:, :4], Y, Y),
      r"pairwise_similarity_loss:.*code length.*\(4, 8\).*\(4, 4\)"),
-    (lambda: cm.pairwise_similarity_loss(H, H, Y[:3], Y),
+    (lambda: losses.pairwise_similarity_loss(H, H, Y[:3], Y),
      r"pairwise_similarity_loss:.*batch.*codes_a \(4, 8\).*labels_a \(3, 3\)"),
-    (lambda: cm.pairwise_similarity_loss(H, H[:2], Y, Y),
+    (lambda: losses.pairwise_similarity_loss(H, H[:2], Y, Y),
      r"pairwise_similarity_loss:.*batch.*codes_b \(2, 8\).*labels_b \(4, 3\)"),
-    (lambda: cm.pairwise_similarity_loss(H[0], H, Y, Y), r"pairwise_similarity_loss: codes_a"),
-    (lambda: cm.quantisation_loss(H[0]), r"quantisation_loss: codes must be rank 2.*\(8,\)"),
-    (lambda: cm.bit_balance_loss(H[None]), r"bit_balance_loss: codes must be rank 2"),
-    (lambda: cm.nt_xent_loss(H, H[:3]), r"nt_xent_loss:.*batch.*\(4, 8\).*\(3, 8\)"),
-    (lambda: cm.nt_xent_loss(H, H[:, :3]), r"nt_xent_loss:.*dimension"),
-    (lambda: cm.infonce_loss(H, H[:3]), r"infonce_loss:.*batch"),
-    (lambda: cm.infonce_loss(H[0], H[0]), r"infonce_loss: a must be rank 2"),
-    (lambda: cm.angular_loss(H, H[:, :3]), r"angular_loss:.*dimension.*\(4, 3\)"),
-    (lambda: cm.intra_topk_loss(H[0]), r"intra_topk_loss: x must be rank 2"),
-    (lambda: cm.intra_topk_loss(H, k=4), r"intra_topk_loss: k must.*k=4.*\(4, 8\)"),
-    (lambda: cm.intra_topk_loss(H, k=0), r"intra_topk_loss: k must"),
-    (lambda: cm.gradient_penalty_loss(H), r"gradient_penalty_loss: grad_norms must be rank 1"),
+    (lambda: losses.pairwise_similarity_loss(H[0], H, Y, Y), r"pairwise_similarity_loss: codes_a"),
+    (lambda: losses.quantisation_loss(H[0]), r"quantisation_loss: codes must be rank 2.*\(8,\)"),
+    (lambda: losses.bit_balance_loss(H[None]), r"bit_balance_loss: codes must be rank 2"),
+    (lambda: losses.nt_xent_loss(H, H[:3]), r"nt_xent_loss:.*batch.*\(4, 8\).*\(3, 8\)"),
+    (lambda: losses.nt_xent_loss(H, H[:, :3]), r"nt_xent_loss:.*dimension"),
+    (lambda: losses.infonce_loss(H, H[:3]), r"infonce_loss:.*batch"),
+    (lambda: losses.infonce_loss(H[0], H[0]), r"infonce_loss: a must be rank 2"),
+    (lambda: losses.angular_loss(H, H[:, :3]), r"angular_loss:.*dimension.*\(4, 3\)"),
+    (lambda: losses.intra_topk_loss(H[0]), r"intra_topk_loss: x must be rank 2"),
+    (lambda: losses.intra_topk_loss(H, k=4), r"intra_topk_loss: k must.*k=4.*\(4, 8\)"),
+    (lambda: losses.intra_topk_loss(H, k=0), r"intra_topk_loss: k must"),
+    (lambda: losses.gradient_penalty_loss(H), r"gradient_penalty_loss: grad_norms must be rank 1"),
 ])
 def test_shape_errors(call, match):
   with pytest.raises(ValueError, match=match):
@@ -439,21 +442,54 @@ def test_shape_errors(call, match):
 
 
 def test_registered_terms_and_default_keys():
+  # Generic terms read generic keys, or none: the config names the codes and
+  # features of each modality (configs/crossmodal.py, sscm.py, duch.py).
   expected = {
-      "pairwise": (cm.pairwise_similarity_loss,
-                   {"codes_a": "s1_hash", "codes_b": "s2_hash",
-                    "labels_a": "labels", "labels_b": "labels"}),
-      "quantisation": (cm.quantisation_loss, {"codes": "s1_hash"}),
-      "bit_balance": (cm.bit_balance_loss, {"codes": "s1_hash"}),
-      "nt_xent": (cm.nt_xent_loss, {"a": "s1_hash", "b": "s2_hash"}),
-      "infonce": (cm.infonce_loss, {"a": "s1_feature", "b": "s2_feature"}),
-      "angular": (cm.angular_loss, {"a": "s1_feature", "b": "s2_feature"}),
-      "intra_topk": (cm.intra_topk_loss, {"x": "s1_feature"}),
-      "gradient_penalty": (cm.gradient_penalty_loss, {"grad_norms": "grad_norms"}),
+      "pairwise": (losses.pairwise_similarity_loss,
+                   {"codes_a": None, "codes_b": None, "labels_a": "labels", "labels_b": "labels"}),
+      "quantisation": (losses.quantisation_loss, {"codes": "hash"}),
+      "bit_balance": (losses.bit_balance_loss, {"codes": "hash"}),
+      "nt_xent": (losses.nt_xent_loss, {"a": None, "b": None}),
+      "infonce": (losses.infonce_loss, {"a": None, "b": None}),
+      "angular": (losses.angular_loss, {"a": None, "b": None}),
+      "intra_topk": (losses.intra_topk_loss, {"x": None}),
+      "gradient_penalty": (losses.gradient_penalty_loss, {"grad_norms": "grad_norms"}),
   }
   for name, (fn, inputs) in expected.items():
     assert losses.LOSSES[name].fn is fn
     assert dict(losses.LOSSES[name].inputs) == inputs
+
+
+@pytest.mark.parametrize("name, entry, missing", [
+    ("pairwise", dict(codes_a="s1_hash"), "codes_b"),
+    ("pairwise", {}, "codes_a, codes_b"),
+    ("nt_xent", dict(b="s2_hash"), "a"),
+    ("infonce", {}, "a, b"),
+    ("angular", dict(a="s1_hash"), "b"),
+    ("intra_topk", dict(k=2), "x"),
+])
+def test_bind_requires_the_keys_a_term_has_no_default_for(name, entry, missing):
+  with pytest.raises(ValueError, match=rf"config.losses.{name}: .*no default key for {missing};"):
+    losses.bind({name: dict(weight=1.0, **entry)}, nets=("encoders",))
+
+
+def test_generic_code_terms_read_hash_by_default():
+  h = jnp.asarray(_codes(np.random.default_rng(12), 6, 16))
+  bound = losses.bind(dict(quantisation=dict(weight=1.0), bit_balance=dict(weight=1.0)),
+                      nets=("encoder",))
+  _, values = losses.total_loss(bound["encoder"], {"hash": h})
+  _close(values["quantisation"], quantisation_ref(np.asarray(h)))
+  _close(values["bit_balance"], bit_balance_ref(np.asarray(h)))
+
+
+def test_old_module_warns_and_reexports():
+  sys.modules.pop("rsh.losses_crossmodal", None)
+  with pytest.warns(DeprecationWarning, match=r"rsh.losses_crossmodal is deprecated.*rsh.losses"):
+    old = importlib.import_module("rsh.losses_crossmodal")
+  for name in ("label_similarity", "pairwise_similarity_loss", "quantisation_loss",
+               "bit_balance_loss", "nt_xent_loss", "infonce_loss", "angular_loss",
+               "intra_topk_loss", "gradient_penalty_loss"):
+    assert getattr(old, name) is getattr(losses, name), name
 
 
 @pytest.fixture
@@ -468,8 +504,8 @@ def step_values():
 
 def test_bind_pairwise_with_option(step_values):
   o = {k: np.asarray(v) for k, v in step_values.items()}
-  bound = losses.bind(dict(pairwise=dict(weight=1.0, on="encoders", measure="jaccard")),
-                      nets=("encoders",))
+  bound = losses.bind(dict(pairwise=dict(weight=1.0, on="encoders", measure="jaccard",
+                                    codes_a="s1_hash", codes_b="s2_hash")), nets=("encoders",))
   (term,) = bound["encoders"]
   assert term.options == {"measure": "jaccard"}
   total, values = jax.jit(lambda v: losses.total_loss(bound["encoders"], v))(step_values)
@@ -481,14 +517,16 @@ def test_bind_pairwise_with_option(step_values):
 def test_bind_all_terms_with_options_and_rebound_keys(step_values):
   o = {k: np.asarray(v) for k, v in step_values.items()}
   config = {
-      "pairwise": dict(weight=1.0, on="encoders", alpha=0.2),
+      "pairwise": dict(weight=1.0, on="encoders", alpha=0.2, codes_a="s1_hash",
+                       codes_b="s2_hash"),
       "pairwise_s2": dict(type="pairwise", weight=0.5, on="encoders",
-                          codes_a="s2_hash", measure="jaccard"),
+                          codes_a="s2_hash", codes_b="s2_hash", measure="jaccard"),
       "quantisation": dict(weight=0.001, on="encoders", codes="s2_hash"),
-      "bit_balance": dict(weight=0.01, on="encoders"),
-      "nt_xent": dict(weight=1.0, on="encoders", temperature=0.3),
-      "infonce": dict(weight=1.0, on="encoders", temperature=0.2),
-      "angular": dict(weight=1.0, on="encoders", eps=1e-5),
+      "bit_balance": dict(weight=0.01, on="encoders", codes="s1_hash"),
+      "nt_xent": dict(weight=1.0, on="encoders", temperature=0.3, a="s1_hash", b="s2_hash"),
+      "infonce": dict(weight=1.0, on="encoders", temperature=0.2, a="s1_feature",
+                      b="s2_feature"),
+      "angular": dict(weight=1.0, on="encoders", eps=1e-5, a="s1_feature", b="s2_feature"),
       "intra_topk": dict(weight=0.5, on="encoders", k=5, x="s2_feature"),
       "gradient_penalty": dict(weight=10.0, on="critic", target=0.5),
   }

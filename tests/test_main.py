@@ -1,24 +1,24 @@
-"""The command line: a real (smoke) run end to end, and every bad input."""
+"""The command line: a real (smoke) run end to end, and every bad input.
+
+In this process (`cli_main`, tests/conftest.py: the same flag parsing and
+`main`), where UAHM's compiled ops are shared with the rest of the suite; the
+command line in a process of its own is tests/test_core.py's toy run and
+tests/test_bad_inputs.py's."""
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
+from tests.conftest import cli_main
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _run(*args, timeout=900):
-  return subprocess.run([sys.executable, "-m", "rsh.main", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("smoke")
-  out = _run("--config=configs/uahm.py:smoke", f"--workdir={workdir}")
+  out = cli_main("--config=configs/uahm.py:smoke", f"--workdir={workdir}")
   assert out.returncode == 0, out.stderr[-3000:]
   return workdir, out
 
@@ -43,18 +43,20 @@ def test_smoke_run_writes_config_results_and_figures(smoke_run):
   assert "map@20=" in out.stdout
 
 
-def test_refuses_to_resume_into_a_workdir_of_another_config(smoke_run):
+def test_refuses_to_resume_into_a_workdir_of_another_config(smoke_run, run_cli):
   workdir, _ = smoke_run
-  out = _run("--config=configs/uahm.py:smoke", f"--workdir={workdir}",
-             "--config.model.bits=32")
+  out = run_cli("--config=configs/uahm.py:smoke", f"--workdir={workdir}",
+                "--config.model.bits=32")
   assert out.returncode == 2
   assert "different config" in out.stderr and "model.bits" in out.stderr
 
 
-def test_rerun_of_a_finished_run_does_not_train_again(smoke_run):
+def test_rerun_of_a_finished_run_does_not_train_again(smoke_run, run_cli):
+  # In the process the run was made in: XLA:CPU's kernels are a process's choice
+  # (rsh.platform), and the same weights give the same numbers on the same kernels.
   workdir, _ = smoke_run
   before = json.loads((workdir / "results.json").read_text())
-  out = _run("--config=configs/uahm.py:smoke", f"--workdir={workdir}")
+  out = run_cli("--config=configs/uahm.py:smoke", f"--workdir={workdir}")
   assert out.returncode == 0, out.stderr[-2000:]
   after = json.loads((workdir / "results.json").read_text())
   timeless = lambda m: {k: v for k, v in m.items() if not k.endswith("seconds")}
@@ -80,15 +82,15 @@ def test_rerun_of_a_finished_run_does_not_train_again(smoke_run):
     (["--config=configs/uahm.py:smoke", "--config.evals.retrieval.codes=hsh"],
      "encoder has no output 'hsh'"),
 ])
-def test_bad_input_is_one_clear_error(tmp_path, args, message):
-  out = _run(*args, f"--workdir={tmp_path / 'w'}")
+def test_bad_input_is_one_clear_error(tmp_path, run_cli, args, message):
+  out = run_cli(*args, f"--workdir={tmp_path / 'w'}")
   assert out.returncode != 0
   assert message in out.stderr, out.stderr[-2000:]
 
 
-def test_diverged_run_is_one_clear_line_naming_step_and_term(tmp_path):
-  out = _run("--config=configs/uahm.py:smoke", f"--workdir={tmp_path / 'w'}",
-             "--config.optim.lr=1e30")
+def test_diverged_run_is_one_clear_line_naming_step_and_term(tmp_path, run_cli):
+  out = run_cli("--config=configs/uahm.py:smoke", f"--workdir={tmp_path / 'w'}",
+                "--config.optim.lr=1e30")
   assert out.returncode == 2, out.stderr[-2000:]
   assert "Traceback" not in out.stderr
   line = next(l for l in out.stderr.splitlines() if l.startswith("error:"))
@@ -96,6 +98,7 @@ def test_diverged_run_is_one_clear_line_naming_step_and_term(tmp_path):
 
 
 def test_unknown_loss_term_is_named():
+  from rsh import losses as rlosses
   from rsh.methods import uahm
   import importlib.util
   spec = importlib.util.spec_from_file_location("c", REPO / "configs/uahm.py")
@@ -103,23 +106,22 @@ def test_unknown_loss_term_is_named():
   spec.loader.exec_module(m)
   config = m.get_config("smoke")
   config.losses.semantik = dict(weight=0.1, on="discriminator")
-  gen, disc = uahm.build_models(config)
   with pytest.raises(ValueError, match="semantik"):
-    uahm.make_train_step(config, gen, disc)
+    rlosses.bind(config.losses, nets=uahm.NETS)
 
 
-def test_full_config_without_eurosat_says_how_to_get_it(tmp_path):
-  out = _run("--config=configs/uahm.py", f"--workdir={tmp_path / 'w'}",
-             "--config.data.source=folder", f"--config.data.dir={tmp_path / 'missing'}")
+def test_full_config_without_eurosat_says_how_to_get_it(tmp_path, run_cli):
+  out = run_cli("--config=configs/uahm.py", f"--workdir={tmp_path / 'w'}",
+                "--config.data.source=folder", f"--config.data.dir={tmp_path / 'missing'}")
   assert out.returncode == 2
   assert "missing" in out.stderr
 
 
-def test_default_config_without_eurosat_fails_at_once_saying_how_to_get_it(tmp_path):
+def test_default_config_without_eurosat_fails_at_once_saying_how_to_get_it(tmp_path, run_cli):
   # The default source is tfds eurosat/all; an empty tfds data dir has none of it
   # (and without tensorflow-datasets installed the message is the same advice).
-  out = _run("--config=configs/uahm.py", f"--workdir={tmp_path / 'w'}",
-             f"--config.data.dir={tmp_path / 'tfds'}")
+  out = run_cli("--config=configs/uahm.py", f"--workdir={tmp_path / 'w'}",
+                f"--config.data.dir={tmp_path / 'tfds'}")
   assert out.returncode == 2
   assert "tfds" in out.stderr
   assert "--config.data.source=folder --config.data.dir=" in out.stderr, out.stderr[-2000:]

@@ -1,5 +1,6 @@
 """Tests of rsh.models.layers and rsh.models.dcgan against thesis Tables 5.4 / 5.5."""
 
+import functools
 import pathlib
 
 import flax.linen as nn
@@ -337,6 +338,7 @@ def test_generator_outputs_and_impls_agree():
   np.testing.assert_allclose(y_phase, y_xla, atol=1e-5)
 
 
+@functools.cache  # pure: the plain form's result serves two tests
 def _d_value_and_grads(impl):
   # DCGAN's own initialisation and 16 images: train-mode BatchNorm of channels
   # that barely vary (few images, `_variables`' large biases on tiny kernels)
@@ -375,8 +377,8 @@ def test_eigen_cpu_convolutions_agree_with_gradients(tmp_path):
   code = textwrap.dedent(f"""
       import pickle, sys
       sys.path.insert(0, {str(pathlib.Path(__file__).parent.parent)!r})
-      from rsh import train
-      assert train.set_cpu_conv("eigen")
+      from rsh import platform
+      assert platform.set_cpu_conv("eigen")
       import jax, numpy as np
       from tests.test_models import _d_value_and_grads
       out = jax.tree.map(np.asarray, _d_value_and_grads("phase"))

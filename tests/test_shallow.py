@@ -2,13 +2,12 @@
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from rsh import shallow
+from tests.conftest import cli_main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "eurosat_ms"
@@ -104,9 +103,8 @@ def test_bad_bits_are_named():
 
 
 def _run(config, workdir, *overrides):
-  out = subprocess.run([sys.executable, "-m", "rsh.main", f"--config={config}",
-                        f"--workdir={workdir}", *overrides], cwd=REPO,
-                       capture_output=True, text=True, timeout=900)
+  """`python -m rsh.main`, in this process (tests/conftest.py); results.json."""
+  out = cli_main(f"--config={config}", f"--workdir={workdir}", *overrides)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads((pathlib.Path(workdir) / "results.json").read_text())
 
@@ -123,9 +121,8 @@ def test_itq_and_lsh_methods_train_through_the_entry_point(tmp_path):
 
 
 def test_unknown_input_view_is_one_line(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "rsh.main", "--config=configs/itq.py:smoke",
-                        f"--workdir={tmp_path}", "--config.data.input=vgg"], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+  out = cli_main("--config=configs/itq.py:smoke", f"--workdir={tmp_path}",
+                 "--config.data.input=vgg")
   assert out.returncode == 2
   assert "unknown data view 'vgg'" in out.stderr and "Traceback" not in out.stderr
 

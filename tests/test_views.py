@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from rsh import data as rdata
+from rsh import features  # noqa: F401  registers the features/<backbone> view
 from rsh.data import dataset as rdataset
 
 

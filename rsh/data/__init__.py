@@ -44,3 +44,5 @@ from rsh.data.split import Split
 from rsh.data.split import steps_per_epoch
 from rsh.data.prepared import prepare
 from rsh.data.prepared import Prepared
+from rsh.data.prepared import DerivedView
+from rsh.data.prepared import register_view

@@ -126,11 +126,22 @@ def main(argv=None) -> int:
                            "the number of pairs (default 600)")
   args = parser.parse_args(argv)
   # Our own progress notes (cache hit or read) only; other libraries stay quiet.
+  # Removed on return: a second call (a notebook, a test) must not write to a
+  # stream that has gone.
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(logging.Formatter("%(message)s"))
   log = logging.getLogger("rsh.data")
+  level = log.level
   log.addHandler(handler)
   log.setLevel(logging.INFO)
+  try:
+    return _summarise(args)
+  finally:
+    log.removeHandler(handler)
+    log.setLevel(level)
+
+
+def _summarise(args) -> int:
   scan = None
   try:
     kind = args.source.partition(":")[0]

@@ -3,12 +3,14 @@
 Its rows are seen through named **views**:
 
   "pixels"               the config's bands, f32[n, 64, 64, c] in [-1, 1] (sliced on demand)
-  "features/<backbone>"  frozen penultimate-layer features f32[n, d] of the RGB bands
-                         (`rsh.features`), computed on first use and cached on disk
   any key of `Dataset.views` e.g. "s1" / "s2": a modality a source loads beside its pixels
+  "<prefix><name>"       a derived view, computed from the others on first use and
+                         registered from above the data layer (`register_view`):
+                         "features/<backbone>", frozen CNN features of the RGB
+                         bands, is registered by `rsh.features`
 
 `config.data.input` names the view a method trains and encodes on; a bare
-backbone name ("efficientnet_lite0") means its features view. Labels are
+derived name ("efficientnet_lite0") means its derived view. Labels are
 `int32[n]` classes or multi-hot `uint8[n, c]`; sets are named ("query",
 "archive", "train", plus any split a source ships in `Dataset.splits`).
 """
@@ -18,19 +20,67 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Any
+import types
+import warnings
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from rsh.data import bands as rbands
+from rsh.data import dataset as rdataset
 from rsh.data import split as rsplit
 
 log = logging.getLogger(__name__)
 
-RGB = ("B04", "B03", "B02")
 SETS = ("query", "archive", "train")
 PIXELS = "pixels"
-FEATURES = "features/"
+
+
+@dataclasses.dataclass(frozen=True)
+class DerivedView:
+  """A view computed from a `Prepared`'s other data, e.g. backbone features.
+
+  The data layer knows pixels and a source's own views; a derived view is
+  registered from above it (`register_view`), by the module that computes it.
+  """
+  prefix: str                                  # e.g. "features/": its names are prefix + name
+  names: Callable[[], Sequence[str]]           # the names after the prefix (e.g. backbones)
+  compute: Callable[[Any, str], np.ndarray]    # (Prepared, name) -> all rows, e.g. f32[n, d]
+  check: Callable[[Any, str], None] | None = None  # (Prepared, name): refuse at prepare time
+
+
+_DERIVED: dict[str, DerivedView] = {}
+DERIVED = types.MappingProxyType(_DERIVED)   # prefix -> DerivedView, read-only
+
+
+def register_view(view: DerivedView) -> DerivedView:
+  """Adds a derived view (its `prefix` names it); a second one under the same
+  prefix replaces the first (a module reloaded in a notebook)."""
+  if not view.prefix.endswith("/"):
+    raise ValueError(f"a derived view's prefix ends with '/', got {view.prefix!r}")
+  _DERIVED[view.prefix] = view
+  return view
+
+
+# Old names, for one release: the RGB triple lives in `rsh.data.bands`, and the
+# features view's prefix in `rsh.features`, which registers it.
+_MOVED = {"RGB": ("rsh.data.bands.RGB", rbands.RGB),
+          "FEATURES": ("rsh.features.FEATURES", "features/")}
+
+
+def __getattr__(name: str):
+  if name in _MOVED:
+    where, value = _MOVED[name]
+    warnings.warn(f"rsh.data.prepared.{name} moved to {where}", DeprecationWarning, stacklevel=2)
+    return value
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _derived(name: str) -> tuple[DerivedView, str] | None:
+  for prefix, view in _DERIVED.items():
+    if name.startswith(prefix):
+      return view, name[len(prefix):]
+  return None
 
 
 @dataclasses.dataclass
@@ -45,7 +95,7 @@ class Prepared:
   labels: np.ndarray              # int32[n] or multi-hot uint8[n, classes]
   band_names: tuple[str, ...]
   split: rsplit.Split
-  feature_options: dict = dataclasses.field(default_factory=dict)  # features.extract kwargs
+  feature_options: dict = dataclasses.field(default_factory=dict)  # derived views' options
   max_dn: int = rbands.MAX_DN     # the pixels view's saturation level (`bands.normalise`)
   _views: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -77,24 +127,22 @@ class Prepared:
   # ----------------------------------------------------------------------- views
 
   def view_names(self) -> tuple[str, ...]:
-    from rsh import features  # the backbone table; jax only when features are used
-    return ((PIXELS,) + tuple(FEATURES + b for b in features.BACKBONES)
+    return ((PIXELS,) + tuple(prefix + n for prefix, v in _DERIVED.items() for n in v.names())
             + tuple(self.dataset.views or {}))
 
   def view_name(self, name: str | None) -> str:
     """The canonical view for `name` ("efficientnet_lite0" -> "features/efficientnet_lite0")."""
     name = PIXELS if name in (None, "") else str(name)
-    if name not in self.view_names() and FEATURES + name in self.view_names():
-      name = FEATURES + name
-    if name not in self.view_names():
-      raise ValueError(f"unknown data view {name!r}; known: {', '.join(self.view_names())} "
-                       "(a backbone name alone means its features)")
-    if name.startswith(FEATURES) and not self.feature_options.get("weights"):
-      from rsh import weights  # a backbone without packaged weights needs a file
-      spec = weights.get(name[len(FEATURES):])
-      if spec.default_path is None:
-        raise ValueError(f"the view {name} needs {spec.title} weights: pass "
-                         f"--config.data.weights=PATH, a {spec.what} state dict (.pth)")
+    known = self.view_names()
+    if name not in known:
+      name = next((p + name for p in _DERIVED if p + name in known), name)
+    if name not in known:
+      hint = ("a backbone name alone means its features" if _DERIVED else
+              "derived views such as backbone features are registered by importing rsh.features")
+      raise ValueError(f"unknown data view {name!r}; known: {', '.join(known)} ({hint})")
+    derived = _derived(name)
+    if derived is not None and derived[0].check is not None:
+      derived[0].check(self, derived[1])  # e.g. a backbone without packaged weights
     return name
 
   def view(self, name: str | None = PIXELS):
@@ -106,7 +154,8 @@ class Prepared:
     if name in extra:
       return extra[name]
     if name not in self._views:
-      self._views[name] = self._features(name[len(FEATURES):])
+      view, sub = _derived(name)
+      self._views[name] = view.compute(self, sub)
     return self._views[name]
 
   def x(self, name: str, view: str | None = PIXELS):
@@ -128,20 +177,14 @@ class Prepared:
     return rbands.to_signed(rbands.normalise(self.images[self.split.train], self.max_dn))
 
   def rgb(self, idx) -> np.ndarray | None:
-    """f32[len(idx), 64, 64, 3] in [0, 1] (B04 B03 B02), or None without them."""
+    """f32[len(idx), 64, 64, 3] in [0, 1] (B04 B03 B02, scaled by `max_dn`), or
+    None without them."""
     names = self.dataset.band_names
-    if not all(b in names for b in RGB):
+    if not all(b in names for b in rbands.RGB):
       return None
-    sel = rbands.band_indices(names, RGB)
-    return np.asarray(rbands.normalise(self.dataset.images[idx][..., sel]), np.float32)
-
-  def _features(self, backbone: str) -> np.ndarray:
-    rgb = self.rgb(np.arange(len(self.labels)))
-    if rgb is None:
-      raise ValueError(f"the view features/{backbone} needs the bands {' '.join(RGB)}; "
-                       f"the data has {' '.join(self.dataset.band_names)}")
-    from rsh import features
-    return features.extract(backbone, rgb, **self.feature_options)
+    sel = rbands.band_indices(names, rbands.RGB)
+    return np.asarray(rbands.normalise(self.dataset.images[idx][..., sel], self.max_dn),
+                      np.float32)
 
 
 class _Lazy:
@@ -196,11 +239,10 @@ def prepare(config) -> Prepared:
   `config.data.options` are the source's own load options (e.g. bigearthnet's
   `countries`, `exclude`, `bands`).
   """
-  from rsh.data import load  # the source registry
   d = config.data
   source_options = {k: (tuple(v) if isinstance(v, list) else v)
                     for k, v in dict(d.get("options") or {}).items() if v is not None}
-  ds = load(d.source, dir=d.get("dir"), cache_dir=d.get("cache_dir"),
+  ds = rdataset.load(d.source, dir=d.get("dir"), cache_dir=d.get("cache_dir"),
             seed=config.seed, n_per_class=d.get("n_per_class"), **source_options)
   bands = rbands.resolve_bands(d.bands)
   sel = rbands.band_indices(ds.band_names, bands)

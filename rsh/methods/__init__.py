@@ -1,6 +1,6 @@
 """The method registry: `config.method` -> a module exposing `build(config, data, terms)`.
 
-`build` returns an `rsh.experiment.Method` (initial state, pure step, encoder,
+`build` returns an `rsh.method.Method` (initial state, pure step, encoder,
 bound loss terms, optionally `generate`); `rsh.experiment.train_and_evaluate`
 does everything else. Methods never import each other: shared pieces live in
 the core modules. `config.method` may also be `"package.module"` (a module with

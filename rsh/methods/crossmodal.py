@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsh import experiment
+from rsh import method as rmethod
 from rsh import losses as rlosses
 from rsh import update
 from rsh.models import crossmodal as cm
@@ -49,6 +49,11 @@ NETS = ("encoders", "discriminator")
 def modalities(config, data) -> dict[str, str]:
   """`config.data.inputs` -> {modality: canonical view name}, checked."""
   inputs = config.data.get("inputs")
+  if config.data.get("input") not in (None, "pixels"):
+    # One key per thing: `data.input` is a single-view method's view, which this one ignores.
+    raise ValueError(f"config.data.input={config.data.input!r} is the view of a single-view "
+                     "method; the cross-modal method reads config.data.inputs "
+                     "(modality -> view), e.g. --config.data.inputs.s2=pixels")
   if not inputs or len(inputs) < 2:
     raise ValueError("config.data.inputs must map two or more modalities to data views, "
                      f"e.g. dict(s1='s1', s2='pixels'); got {inputs!r}")
@@ -79,7 +84,7 @@ def augment(x: jax.Array, rng: jax.Array, noise: float = 0.1) -> jax.Array:
   return x + noise * jax.random.normal(k_n, x.shape, x.dtype)
 
 
-def build(config, data, terms=None) -> experiment.Method:
+def build(config, data, terms=None) -> rmethod.Method:
   views = modalities(config, data)
   mods = tuple(views)
   bits = int(config.model.bits)
@@ -91,8 +96,6 @@ def build(config, data, terms=None) -> experiment.Method:
   disc = cm.CodeDiscriminator(tuple(m.get("disc_hidden", (128, 64)))) if m.get(
       "discriminator", False) else None
   bound = rlosses.bind(config.losses, nets=NETS if disc else NETS[:1], terms=terms)
-  keys = rlosses.input_keys(bound)
-  needs_aug = any(k.endswith("_aug") for k in keys)
   train_rows = {mod: data.train_rows(v) for mod, v in views.items()}
   for mod, x in train_rows.items():
     if x.ndim != 4 or x.shape[1] != x.shape[2]:
@@ -100,7 +103,6 @@ def build(config, data, terms=None) -> experiment.Method:
                        f"[n, h, h, c] for the CNN encoder, got {list(x.shape)}")
   stats = {mod: channel_stats(x) for mod, x in train_rows.items()}
   tx = update.optimizer(config.optim)
-  noise = float(m.get("augment_noise", 0.1))
 
   def standardise(mod, x):
     mean, std = stats[mod]
@@ -113,6 +115,21 @@ def build(config, data, terms=None) -> experiment.Method:
     if disc is not None:
       nets["discriminator"] = update.init_net(disc, tx, k_d, jnp.zeros((2, bits)))
     return update.TrainState.create(nets)
+
+  step = make_step(model, disc, bound, tx, mods, standardise,
+                   noise=float(m.get("augment_noise", 0.1)))
+  encoders: Mapping[str, rmethod.Encode] = {
+      views[mod]: make_encoder(model, mod, standardise) for mod in mods}
+  return rmethod.Method(init=init, step=step, encode=encoders[views[mods[0]]],
+                        encoders=encoders, terms=bound,
+                        batch_views={mod: views[mod] for mod in mods})
+
+
+def make_step(model, disc, bound, tx, mods, standardise, noise: float):
+  """The pure step: the code discriminator's update (if any, on the codes
+  under stop-gradient, with its gradient-penalty inputs), then the encoders'
+  (with augmented views when a bound term reads `*_aug`)."""
+  needs_aug = any(k.endswith("_aug") for k in rlosses.input_keys(bound))
 
   def logits(params, out):
     return {f"{mod}_logit": disc.apply({"params": params}, out[f"{mod}_hash"]) for mod in mods}
@@ -158,19 +175,18 @@ def build(config, data, terms=None) -> experiment.Method:
     metrics.update(e_metrics)
     return update.TrainState(step=state.step + 1, nets=nets), metrics
 
-  def encoder(mod):
-    forward = jax.jit(lambda params, bstats, x: {
-        k[len(mod) + 1:]: v for k, v in model.apply(
-            {"params": params, "batch_stats": bstats}, {mod: standardise(mod, x)},
-            train=False).items()})
+  return step
 
-    def encode(state, x) -> dict[str, np.ndarray]:
-      e = state.nets["encoders"]
-      return update.in_batches(lambda chunk: forward(e.params, e.batch_stats, chunk), x)
 
-    return encode
+def make_encoder(model, mod: str, standardise) -> rmethod.Encode:
+  """The encoder of one modality: {output: f32[n, ...]} of its rows, in fixed-shape batches."""
+  forward = jax.jit(lambda params, bstats, x: {
+      k[len(mod) + 1:]: v for k, v in model.apply(
+          {"params": params, "batch_stats": bstats}, {mod: standardise(mod, x)},
+          train=False).items()})
 
-  encoders: Mapping[str, experiment.Encode] = {views[mod]: encoder(mod) for mod in mods}
-  return experiment.Method(init=init, step=step, encode=encoders[views[mods[0]]],
-                           encoders=encoders, terms=bound,
-                           batch_views={mod: views[mod] for mod in mods})
+  def encode(state, x) -> dict[str, np.ndarray]:
+    e = state.nets["encoders"]
+    return update.in_batches(lambda chunk: forward(e.params, e.batch_stats, chunk), x)
+
+  return encode

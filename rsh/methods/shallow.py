@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from rsh import experiment
+from rsh import method as rmethod
 from rsh import shallow
 from rsh import update
 
@@ -24,7 +24,7 @@ def _encoder(hash_of):
   return encode
 
 
-def build_lsh(config, data, terms=None) -> experiment.Method:
+def build_lsh(config, data, terms=None) -> rmethod.Method:
   del terms
   h = shallow.fit_lsh(data.train_rows(config.data.get("input")), config.model.bits,
                       config.seed)
@@ -33,11 +33,11 @@ def build_lsh(config, data, terms=None) -> experiment.Method:
     del batch, rng
     return update.TrainState(step=state.step + 1, nets=state.nets), {}
 
-  return experiment.Method(init=lambda rng: update.TrainState.create({"hash": h}),
+  return rmethod.Method(init=lambda rng: update.TrainState.create({"hash": h}),
                            step=step, encode=_encoder(lambda s: s.nets["hash"]))
 
 
-def build_itq(config, data, terms=None) -> experiment.Method:
+def build_itq(config, data, terms=None) -> rmethod.Method:
   del terms
   bits = int(config.model.bits)
   pca = shallow.pca(data.train_rows(config.data.get("input")), bits)
@@ -55,5 +55,5 @@ def build_itq(config, data, terms=None) -> experiment.Method:
     del rng  # seeded by config.seed, like the LSH baseline evaluator
     return update.TrainState.create({"pca": pca, "rotation": jnp.asarray(rotation)})
 
-  return experiment.Method(init=init, step=step, encode=_encoder(
+  return rmethod.Method(init=init, step=step, encode=_encoder(
       lambda s: shallow.with_rotation(s.nets["pca"], np.asarray(s.nets["rotation"]))))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsh import data as rdata
-from rsh import experiment
+from rsh import method as rmethod
 from rsh import losses as rlosses
 from rsh import update
 from rsh.models import dcgan
@@ -71,16 +71,16 @@ def _outputs(prefix: str, out: Mapping[str, Any], images) -> dict[str, Any]:
 G_PASS = ("shared", "separate")
 
 
-def make_train_step(config, gen, disc, terms=None, bound=None):
+def make_train_step(config, gen, disc, bound):
   """The pure step: one Adam update of D, then one of G against the updated D
-  (thesis §5.3). `batch`: `image` f32[b, 64, 64, c] in [-1, 1] and what the
-  terms read (e.g. `similarity` i8[b, b]).
+  (thesis §5.3). `batch`: `x` f32[b, 64, 64, c] in [-1, 1] and what the
+  terms read (e.g. `similarity` i8[b, b]). `bound`: the loss terms per network,
+  `rsh.losses.bind(config.losses, nets=NETS (NETS[:1] without G), terms=...)`.
 
   `config.model.g_pass`: "shared" (default) runs G's forward pass once: D's step
   reads its images and G's step pulls its gradient back through the same pass
   (`update.update_net_from`); "separate" runs G again inside G's step. G's
   parameters, statistics and noise are the same in both, so are the images."""
-  bound = bound or rlosses.bind(config.losses, nets=NETS if gen else NETS[:1], terms=terms)
   bits = int(config.model.bits)
   tx = update.optimizer(config.optim)
   fake_updates_stats = _d_stats(config) == "real_and_fake"
@@ -156,7 +156,7 @@ def make_encoder(disc, calibration_images=None, calibration_batch: int = 64):
   return encode
 
 
-def build(config, data, terms=None) -> experiment.Method:
+def build(config, data, terms=None) -> rmethod.Method:
   if data.view_name(config.data.get("input")) != "pixels":
     raise ValueError(f"config.data.input={config.data.input!r}: {config.name} trains on "
                      "pixels (a GAN on images), not on another view")
@@ -168,9 +168,9 @@ def build(config, data, terms=None) -> experiment.Method:
         jax.random.PRNGKey(seed), (n, int(config.model.bits)), minval=-1, maxval=1)
     return np.asarray(gen.apply({"params": g.params, "batch_stats": g.batch_stats}, z, train=False))
 
-  return experiment.Method(
+  return rmethod.Method(
       init=lambda rng: init_state(config, gen, disc, rng),
-      step=make_train_step(config, gen, disc, bound=bound),
+      step=make_train_step(config, gen, disc, bound),
       encode=make_encoder(disc, data.train_x if _d_stats(config) == "recalibrate" else None,
                           int(config.train.batch_size)),
       terms=bound, generate=generate if gen is not None else None)

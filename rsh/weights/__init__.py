@@ -108,12 +108,12 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
              default_path=efficientnet_lite0_file),
     Backbone("inception_v3", "Inception-v3", inception, inception.InceptionV3,
              inception.torch_prefix, what="torchvision Inception-v3",
-             hint=("pass --config.ssm.weights=/path/to/inception_v3_google-0cc3c7bd.pth "
+             hint=("pass --config.data.weights=/path/to/inception_v3_google-0cc3c7bd.pth "
                    + _USER_WEIGHTS),
              ignore_prefixes=("AuxLogits.",)),
     Backbone("resnet50", "ResNet-50", resnet, resnet.ResNet50, resnet.torch_prefix,
              what="torchvision ResNet-50",
-             hint="pass --config.ssm.weights=/path/to/resnet50-0676ba61.pth " + _USER_WEIGHTS),
+             hint="pass --config.data.weights=/path/to/resnet50-0676ba61.pth " + _USER_WEIGHTS),
 )}
 
 

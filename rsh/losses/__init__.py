@@ -1,9 +1,12 @@
 """Loss terms as pure functions of arrays, the registry of terms, and their binding.
 
 Two layers:
-  1. Array functions (`generator_adversarial_loss`, `discriminator_adversarial_loss`,
-     `binary_loss`, `semantic_loss`; the cross-modal S1 / S2 terms in
-     `rsh.losses_crossmodal`): pure, jittable, differentiable, no state.
+  1. Array functions, one module per family: pure, jittable, differentiable,
+     no state, every one re-exported here (`rsh.losses.binary_loss`):
+       `adversarial`  generator / discriminator GAN losses, gradient penalty;
+       `hashing`      binary (eq. 5.5), quantisation, bit balance;
+       `contrastive`  NT-Xent, InfoNCE, angular, intra-modal top-k;
+       `pairwise`     label similarity, pairwise likelihood, semantic (eq. 5.6).
   2. Terms bound to their inputs by the config (kauldron's keyed losses):
        config.losses.semantic = dict(weight=0.1, on="discriminator",
                                      codes="real_hash", similarity="similarity")
@@ -17,20 +20,23 @@ Two layers:
      function of arrays, or a `Term`); nothing global changes. A config can also
      name a term defined anywhere importable as `type="package.module:fn"`.
 
-Keys the built-in terms read by default:
-  real_logit: f32[b]      D's logit on real images;
-  fake_logit: f32[b']     D's logit on generated images;
-  real_hash:  f32[b, l]   D's tanh code H(x) of the real images;
-  similarity: i8[b, b]    SSM block of the batch, +-1 (a batch input).
+Keys the built-in terms read by default (`LOSSES`):
+  UAHM's terms, in UAHM's names (adversarial_d, adversarial_g, binary, semantic):
+    real_logit: f32[b]      D's logit on real images;
+    fake_logit: f32[b']     D's logit on generated images;
+    real_hash:  f32[b, l]   D's tanh code H(x) of the real images;
+    similarity: i8[b, b]    SSM block of the batch, +-1 (a batch input).
+  Generic terms:
+    hash:       f32[b, l]   tanh codes (quantisation, bit_balance);
+    labels:     [b, c]      multi-hot labels, a batch input (pairwise);
+    grad_norms: f32[b]      norms of D's input gradients (gradient_penalty).
+  No default, so the config names them: pairwise's codes_a / codes_b,
+  nt_xent's, infonce's and angular's a / b, intra_topk's x (which codes or
+  features of which modality is the method's choice).
 UAHM's step also offers `real_feature`, `real_image` and `fake_hash`,
 `fake_feature`, `fake_image` (D-side terms see real_* and fake_*, G-side terms
-fake_*, differentiable in G's parameters).
-The cross-modal terms (pairwise, quantisation, bit_balance, nt_xent, infonce,
-angular, intra_topk, gradient_penalty) read by default:
-  s1_hash, s2_hash:       f32[b, l]  the two encoders' tanh codes of each pair;
-  s1_feature, s2_feature: f32[b, d]  their features (pre-hash representations);
-  labels:                 [b, c]     multi-hot labels (a batch input);
-  grad_norms:             f32[b]     norms of D's input gradients (WGAN-GP).
+fake_*, differentiable in G's parameters); the cross-modal step offers
+`s1_hash`, `s2_hash`, `s1_feature`, `s2_feature` and more (rsh/methods/crossmodal.py).
 """
 
 from __future__ import annotations
@@ -45,118 +51,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsh import losses_crossmodal as cm
+from rsh.losses.adversarial import (discriminator_adversarial_loss, generator_adversarial_loss,
+                                    gradient_penalty_loss)
+from rsh.losses.contrastive import angular_loss, infonce_loss, intra_topk_loss, nt_xent_loss
+from rsh.losses.hashing import binary_loss, bit_balance_loss, quantisation_loss
+from rsh.losses.pairwise import label_similarity, pairwise_similarity_loss, semantic_loss
 
 Array = jax.Array
 
-
-def generator_adversarial_loss(fake_logits: Array) -> Array:
-  """L_GA = -E_z log D(G(z)) (eq. 5.3), the non-saturating generator loss.
-
-  Args:
-    fake_logits: f32[b] D's logits on generated images; D = sigmoid(logit).
-
-  Returns:
-    f32[] scalar. `log_sigmoid` keeps it finite (and its gradient non-zero)
-    for any logit, where log(sigmoid(.)) underflows to log(0) below about -88.
-  """
-  return -jnp.mean(jax.nn.log_sigmoid(fake_logits))
-
-
-def discriminator_adversarial_loss(real_logits: Array, fake_logits: Array, *,
-                                   real_target: float = 1.0) -> Array:
-  """L_DA = -E_x log D(x) - E_z log(1 - D(G(z))) (eq. 5.4).
-
-  Args:
-    real_logits: f32[b] D's logits on real images.
-    fake_logits: f32[b'] D's logits on generated images.
-    real_target: label of real images; 1.0 is eq. 5.4. A value below 1 (0.9 is
-      usual) is one-sided label smoothing (Salimans et al., 2016): the real
-      term becomes the cross-entropy with target `real_target`; fake targets
-      stay 0.
-
-  Returns:
-    f32[] scalar: mean over real images + mean over generated images.
-  """
-  # log(1 - sigmoid(a)) = log_sigmoid(-a): finite for any logit.
-  real = -(real_target * jax.nn.log_sigmoid(real_logits)
-           + (1.0 - real_target) * jax.nn.log_sigmoid(-real_logits))
-  fake = -jax.nn.log_sigmoid(-fake_logits)
-  return jnp.mean(real) + jnp.mean(fake)
-
-
-def binary_loss(codes: Array) -> Array:
-  """L_b = -E_x ||H(x)||^2 (eq. 5.5): rewards codes near the corners +-1.
-
-  Normalisation follows the equation literally: squared Euclidean norm, i.e. a
-  SUM over the l bits, then the mean over the batch. Its range is therefore
-  [-l, 0] and its scale grows with the code length (at w1 = 0.1 and l = 64 it
-  can reach -6.4); divide the weight by l for a per-bit mean.
-
-  Args:
-    codes: f32[b, l] tanh codes of real images.
-
-  Returns:
-    f32[] scalar.
-  """
-  _check_codes(codes, "binary_loss")
-  return -jnp.mean(jnp.sum(jnp.square(codes), axis=-1))
-
-
-def semantic_loss(codes: Array, similarity: Array, *, include_diagonal: bool = True) -> Array:
-  """L_s = E_{x_i, x_j} (H(x_i) . H(x_j) / l - S_ij)^2 (eq. 5.6).
-
-  The normalised inner product H_i . H_j / l lies in [-1, 1] and equals
-  1 - 2 * hamming / l for +-1 codes, so the term makes Hamming distances follow
-  the SSM: 0 for similar pairs (S = +1), l for dissimilar ones (S = -1).
-
-  Normalisation: eq. 5.6 is an expectation over two independent draws from
-  the data, estimated on a batch by the mean over all b * b ordered pairs,
-  the diagonal i = j included (independent draws can coincide). On the
-  diagonal S_ii = +1 (an image is its own nearest neighbour in both kNN
-  stages), so those b terms pull ||H_i||^2 towards l, like the binary loss.
-  `include_diagonal=False` averages over the b * (b - 1) pairs i != j instead.
-  S need not be symmetric (row = anchor); both (i, j) and (j, i) count.
-
-  Args:
-    codes: f32[b, l] tanh codes of the real images of a batch.
-    similarity: [b, b] similarities of those images, +1 similar / -1 dissimilar; any
-      real or integer dtype (the SSM rows arrive as int8).
-    include_diagonal: whether the b pairs (i, i) count.
-
-  Returns:
-    f32[] scalar.
-  """
-  h, s = codes, similarity
-  _check_codes(h, "semantic_loss")
-  b, l = h.shape
-  if s.shape != (b, b):
-    raise ValueError(f"semantic_loss: similarity must be [{b}, {b}] for {b} codes, "
-                     f"got shape {tuple(s.shape)}")
-  # HIGHEST: bf16 passes (TPU default) would put ~1e-2 error on h_i . h_j / l.
-  inner = jnp.matmul(h, h.T, precision=jax.lax.Precision.HIGHEST) / l
-  sq = jnp.square(inner - s.astype(inner.dtype))
-  if include_diagonal:
-    return jnp.mean(sq)
-  if b < 2:
-    raise ValueError("semantic_loss: include_diagonal=False needs at least 2 codes")
-  return (jnp.sum(sq) - jnp.sum(jnp.diagonal(sq))) / (b * (b - 1))
-
-
-def _check_codes(h: Array, where: str) -> None:
-  if h.ndim != 2:
-    raise ValueError(f"{where}: codes must be [batch, code_length], got shape {tuple(h.shape)}")
-
-
-# ----------------------------------------------------------------------------
-# Terms, their registry and their binding to inputs.
+__all__ = [
+    "Bound", "LOSSES", "MissingInputError", "Term", "angular_loss", "as_term", "bind",
+    "binary_loss", "bit_balance_loss", "discriminator_adversarial_loss",
+    "generator_adversarial_loss", "gradient_penalty_loss", "infonce_loss", "input_keys",
+    "intra_topk_loss", "label_similarity", "nt_xent_loss", "pairwise_similarity_loss",
+    "quantisation_loss", "resolve", "semantic_loss", "total_loss",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class Term:
-  """A loss function of arrays and, per array argument, the key it reads by default."""
+  """A loss function of arrays and, per array argument, the key it reads by
+  default (None: no default, the config must name the key)."""
   fn: Callable[..., Array]
-  inputs: Mapping[str, str]
+  inputs: Mapping[str, str | None]
 
 
 def as_term(obj) -> Term:
@@ -174,22 +91,23 @@ def as_term(obj) -> Term:
 # Read-only: extend it by passing `terms=` (merged over it), never by mutating
 # the module.
 LOSSES: Mapping[str, Term] = types.MappingProxyType({
+    # UAHM (thesis ch. 5): its own key names are the defaults.
     "adversarial_d": Term(discriminator_adversarial_loss,
                           {"real_logits": "real_logit", "fake_logits": "fake_logit"}),
     "adversarial_g": Term(generator_adversarial_loss, {"fake_logits": "fake_logit"}),
     "binary": Term(binary_loss, {"codes": "real_hash"}),
     "semantic": Term(semantic_loss, {"codes": "real_hash", "similarity": "similarity"}),
-    # Cross-modal S1 / S2 hashing (rsh/losses_crossmodal.py).
-    "pairwise": Term(cm.pairwise_similarity_loss,
-                     {"codes_a": "s1_hash", "codes_b": "s2_hash",
+    # Generic terms (the cross-modal configs name their s1_* / s2_* keys).
+    "pairwise": Term(pairwise_similarity_loss,
+                     {"codes_a": None, "codes_b": None,
                       "labels_a": "labels", "labels_b": "labels"}),
-    "quantisation": Term(cm.quantisation_loss, {"codes": "s1_hash"}),
-    "bit_balance": Term(cm.bit_balance_loss, {"codes": "s1_hash"}),
-    "nt_xent": Term(cm.nt_xent_loss, {"a": "s1_hash", "b": "s2_hash"}),
-    "infonce": Term(cm.infonce_loss, {"a": "s1_feature", "b": "s2_feature"}),
-    "angular": Term(cm.angular_loss, {"a": "s1_feature", "b": "s2_feature"}),
-    "intra_topk": Term(cm.intra_topk_loss, {"x": "s1_feature"}),
-    "gradient_penalty": Term(cm.gradient_penalty_loss, {"grad_norms": "grad_norms"}),
+    "quantisation": Term(quantisation_loss, {"codes": "hash"}),
+    "bit_balance": Term(bit_balance_loss, {"codes": "hash"}),
+    "nt_xent": Term(nt_xent_loss, {"a": None, "b": None}),
+    "infonce": Term(infonce_loss, {"a": None, "b": None}),
+    "angular": Term(angular_loss, {"a": None, "b": None}),
+    "intra_topk": Term(intra_topk_loss, {"x": None}),
+    "gradient_penalty": Term(gradient_penalty_loss, {"grad_norms": "grad_norms"}),
 })
 
 
@@ -224,7 +142,8 @@ def bind(losses_config: Mapping[str, Any], *, nets: Sequence[str],
 
   Each entry is `dict(weight=w, on=<network>, type=<term>, <argument>=<key>,
   <option>=<value>)`; `on` defaults to the first of `nets`, `type` to the
-  entry's own name. Every mistake raises a ValueError naming the key.
+  entry's own name. An argument whose term has no default key must be named.
+  Every mistake raises a ValueError naming the key.
   """
   out: dict[str, list[Bound]] = {net: [] for net in nets}
   for name, entry in losses_config.items():
@@ -250,6 +169,10 @@ def bind(losses_config: Mapping[str, Any], *, nets: Sequence[str],
       else:
         raise ValueError(f"{where}.{key}: not an input ({', '.join(inputs)}) nor an "
                          f"option ({', '.join(options) or 'none'}) of the term")
+    unnamed = [arg for arg, key in inputs.items() if key is None]
+    if unnamed:
+      raise ValueError(f"{where}: the term has no default key for {', '.join(unnamed)}; "
+                       f"name each (e.g. {where}.{unnamed[0]}=\"s1_hash\")")
     out[on].append(Bound(name, term.fn, inputs, kwargs, weight))
   return out
 

@@ -1,0 +1,44 @@
+"""One run per workdir: an exclusive lock that names its holder."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import pathlib
+import socket
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another run holds the workdir."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | os.PathLike):
+  """Holds `workdir/.lock` (an exclusive `flock`) for the duration of a run.
+
+  The lock file names the holder (pid and host), so a second run in the same
+  workdir is refused with a message saying who has it. The kernel drops the
+  lock when its holder dies, so a killed run never leaves a stale lock.
+  """
+  path = pathlib.Path(workdir) / ".lock"
+  f = open(path, "a+")
+  try:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        raise
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      raise WorkdirLockedError(
+          f"{workdir} is in use by {holder} (lock {path}); wait for it to finish, "
+          "or use another --workdir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+    f.flush()
+    yield path
+  finally:
+    f.close()  # releases the flock
