@@ -2,7 +2,9 @@
 
 The notebooks are executed top to bottom with nbclient on the `smoke` config
 (parameters come from the RSH_NB_* environment variables their first cell reads);
-each takes over a minute on 2 CPU cores, so they are marked slow.
+each takes over a minute on 2 CPU cores, so they are marked slow. Each notebook's
+source of truth is the jupytext percent script notebooks/<name>.py, paired with the
+.ipynb (`jupytext --sync notebooks/*.py`); a fast test checks the pair agrees.
 """
 
 import json
@@ -14,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from rsh import experiment, restore, runs
+from rsh import checkpoints, experiment, restore, runs
 from rsh import data as rdata
 from rsh import methods
 
@@ -142,6 +144,30 @@ def test_committed_notebooks_have_no_outputs():
         assert not cell.outputs and cell.execution_count is None, name
 
 
+def _cells(nb):
+  """(cell type, source, tags) of each cell; tags too, so `parameters` stays on both sides."""
+  return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
+
+
+def test_each_notebook_matches_its_percent_script():
+  """notebooks/<name>.py and <name>.ipynb hold the same cells: edit one, sync the other."""
+  import jupytext
+  scripts = sorted(p.stem for p in NOTEBOOKS.glob("*.py"))
+  assert scripts == sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")), scripts
+  for name in scripts:
+    py = jupytext.read(NOTEBOOKS / f"{name}.py")
+    nb = jupytext.read(NOTEBOOKS / f"{name}.ipynb")
+    for side in (py, nb):  # both say they are a pair, so `jupytext --sync` keeps them one
+      assert side.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent", name
+    py_cells, nb_cells = _cells(py), _cells(nb)
+    assert len(py_cells) == len(nb_cells), (
+        f"{name}: {len(py_cells)} cells in the .py, {len(nb_cells)} in the .ipynb; "
+        "run `jupytext --sync notebooks/*.py`")
+    for i, (a, b) in enumerate(zip(py_cells, nb_cells)):
+      assert a == b, (f"{name} cell {i} differs between .py and .ipynb; "
+                      f"run `jupytext --sync notebooks/*.py`\n.py:   {a!r}\n.ipynb: {b!r}")
+
+
 @pytest.mark.slow
 def test_compose_losses_notebook(tmp_path, monkeypatch):
   _, text = _execute("compose_losses.ipynb", tmp_path, monkeypatch, config=SMOKE, steps=4)
@@ -150,8 +176,8 @@ def test_compose_losses_notebook(tmp_path, monkeypatch):
   history = json.loads((tmp_path / "work" / "results.json").read_text())["history"]
   assert all("train/d/balance" in row for row in history)
   # The loss curve of every term, every log_every steps (train_history.jsonl).
-  from rsh import train
-  curve = train.read_train_history(tmp_path / "work")
+  from rsh import histories
+  curve = histories.read_train_history(tmp_path / "work")
   assert curve and all("d/balance" in row for row in curve)
 
 
@@ -161,7 +187,7 @@ def test_retrieval_explorer_notebook(tmp_path, monkeypatch):
            queries=3, top_k=5)
   _figures(tmp_path, "retrievals_true_colour.png", "retrievals_false_colour.png",
            "pr_curves.png")
-  assert restore.latest_step(tmp_path / "work") == 4
+  assert checkpoints.latest_step(tmp_path / "work") == 4
 
 
 @pytest.mark.slow
