@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from rsh import data as rdata
+from rsh import deprecation
 from rsh import evaluators as revals
 from rsh import features  # noqa: F401  registers the features/<backbone> view
 from rsh import losses as rlosses
@@ -40,16 +41,8 @@ log = logging.getLogger(__name__)
 
 # Moved to rsh.method (below both the runner and the methods); the old names
 # still work for one release.
-_MOVED = {"Method": rmethod, "Encode": rmethod, "BatchSource": rmethod,
-          "BATCH_INPUTS": rmethod}
-
-
-def __getattr__(name: str):
-  if name in _MOVED:
-    warnings.warn(f"rsh.experiment.{name} moved to rsh.method.{name}", DeprecationWarning,
-                  stacklevel=2)
-    return getattr(_MOVED[name], name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = deprecation.moved(__name__, dict.fromkeys(
+    ("Method", "Encode", "BatchSource", "BATCH_INPUTS"), "rsh.method"))
 
 
 def training_ssm(config, data: rdata.Prepared) -> tuple[np.ndarray, dict]:

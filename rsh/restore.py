@@ -20,7 +20,6 @@ import importlib.util
 import json
 import os
 import pathlib
-import warnings
 from typing import Any, Mapping
 
 import jax
@@ -29,6 +28,7 @@ import numpy as np
 
 from rsh import checkpoints
 from rsh import data as rdata
+from rsh import deprecation
 from rsh import features  # noqa: F401  registers the features/<backbone> view
 from rsh import method as rmethod
 from rsh import methods
@@ -98,13 +98,8 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(raw)
 
 
-def __getattr__(name: str):
-  # Old names, for one release: one reader of checkpoint steps, rsh.checkpoints's.
-  if name == "latest_step":
-    warnings.warn("rsh.restore.latest_step moved to rsh.checkpoints.latest_step",
-                  DeprecationWarning, stacklevel=2)
-    return checkpoints.latest_step
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# One reader of checkpoint steps: rsh.checkpoints's.
+__getattr__ = deprecation.moved(__name__, {"latest_step": "rsh.checkpoints"})
 
 
 def load_run(workdir: str | os.PathLike, terms: Mapping[str, Any] | None = None) -> Run:

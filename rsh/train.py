@@ -15,14 +15,12 @@ its workdir ends with the same parameters as one that was never interrupted.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import math
 import os
 import pathlib
 import sys
 import time
-import warnings
 from typing import Any, Callable, Mapping
 
 import jax
@@ -30,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rsh import checkpoints
+from rsh import deprecation
 from rsh import histories
 from rsh import sharding
 
@@ -48,12 +47,7 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str):
-  if name in _MOVED:
-    warnings.warn(f"rsh.train.{name} has moved to {_MOVED[name]}.{name}; the old name "
-                  "will be removed in the next release", DeprecationWarning, stacklevel=2)
-    return getattr(importlib.import_module(_MOVED[name]), name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = deprecation.moved(__name__, _MOVED)
 
 
 class NonFiniteLossError(FloatingPointError):

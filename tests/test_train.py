@@ -260,7 +260,7 @@ def test_checkpoint_every_zero_saves_only_at_the_end(tmp_path):
     ("quiet_closed_event_loops", "rsh.platform"),
     ("workdir_lock", "rsh.workdir"), ("WorkdirLockedError", "rsh.workdir")])
 def test_moved_names_still_work_from_rsh_train_with_a_deprecation_warning(name, new):
-  with pytest.warns(DeprecationWarning, match=rf"rsh\.train\.{name} has moved to {new}\.{name}"):
+  with pytest.warns(DeprecationWarning, match=rf"rsh\.train\.{name} moved to {new}\.{name}"):
     old = getattr(train, name)
   assert old is getattr(importlib.import_module(new), name)
   with pytest.raises(AttributeError, match="no_such_name"):  # the shim invents nothing
