@@ -11,9 +11,14 @@ naming the entry and the file (and rewritten by the loader), never an error. An
 entry of another `_CACHE_VERSION` is outdated and never read.
 
 An entry is written into a temporary folder `.<entry>~<host>~<pid>~<random>`
-and renamed into place, so a reader sees a complete entry or none. Each write
-(and each read that finds no entry) removes the temporary folders of writers
-that died on this host, and any older than a day; never a live writer's.
+and renamed into place, so a reader sees a complete entry or none; two
+processes caching the same entry at once leave one of their two complete
+entries there, without a warning. Each write (and each read that finds no
+entry) removes the temporary folders of writers that died on this host, and
+any older than a day; never a live writer's.
+
+`derived` makes any other folder derived once and shared (the unpacked
+BigEarthNet examples) the same way, marked complete by a file written last.
 
 A loader may pass an `origin` (the source kind, the resolved folder and the
 options that are no file stats): after a successful write, the other entries
@@ -23,6 +28,7 @@ edited source does not pile up full copies. Entries of other origins stay.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -49,6 +55,9 @@ STALE_TMP_S = 24 * 3600
 # `.<entry>~<host>~<pid>~<mkdtemp suffix>`; and the `.<entry>.<suffix>` of version 1.
 _TMP = re.compile(r"\.(?P<entry>[^~]+)~(?P<host>[^~]+)~(?P<pid>\d+)~[^~]*")
 _OLD_TMP = re.compile(r"\.[A-Za-z0-9_]+-[0-9a-f]{24}\.[a-z0-9_]{8}")
+# Written last into a `derived` folder: one without it is a killed writer's, or
+# an older rsh's that wrote in place, and is made again.
+COMPLETE = ".rsh-complete"
 
 
 class _Damaged(Exception):
@@ -128,7 +137,7 @@ def write(path: pathlib.Path | None, ds: Dataset, origin: object = None) -> None
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep(path.parent)
-    tmp = _mkdtemp(path)
+    tmp = mkdtemp(path)
     os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     crc = {}
     _save_npy(tmp, "images.npy", ds.images, crc)
@@ -147,14 +156,21 @@ def write(path: pathlib.Path | None, ds: Dataset, origin: object = None) -> None
         source=ds.source, files=ds.files, shape=list(ds.images.shape), views=views,
         splits=None if ds.splits is None else list(ds.splits), crc32=crc, origin=origin)))
     if path.exists():  # a stale or damaged entry under the same key: out of the way first
-      old = _mkdtemp(path)
-      os.replace(path, old)
-    # The directory appears complete or not at all, even if we are killed.
-    os.replace(tmp, path)
+      old = mkdtemp(path)
+      with contextlib.suppress(FileNotFoundError):  # another writer moved it first
+        os.replace(path, old)
+    try:  # The directory appears complete or not at all, even if we are killed.
+      os.replace(tmp, path)
+    except OSError:
+      if not (path / "meta.json").is_file():
+        raise
+      # Another process renamed its entry into place in between: as good as ours.
+      log.info("cache %s was written by another process first", path)
+      return
     tmp, written = None, True
     log.info("cached %d images in %s", len(ds), path)
   except OSError as e:
-    # Another process won the race, or the cache is not writable: not fatal.
+    # The cache is not writable (full, read-only, permissions): not fatal.
     log.warning("could not write cache %s (%s)", path, e)
   finally:
     for folder in (tmp, old):
@@ -162,6 +178,47 @@ def write(path: pathlib.Path | None, ds: Dataset, origin: object = None) -> None
         shutil.rmtree(folder, ignore_errors=True)
   if written and origin is not None:
     _remove_superseded(path, origin)
+
+
+def derived(path: pathlib.Path, fill) -> pathlib.Path:
+  """`path`, a folder made once by `fill(folder)` and shared by every process.
+
+  `fill` writes into a temporary sibling, marked complete (`COMPLETE`, written
+  last) and renamed into place: a reader sees the whole folder or none, even
+  beside a killed or racing maker. A folder at `path` without the mark (an
+  interrupted or older in-place write) is made again. Of two processes making
+  it at once, the first to finish wins and the other's copy is dropped.
+  Raises the `OSError` of a folder that cannot be written.
+  """
+  if (path / COMPLETE).is_file():
+    return path
+  path.parent.mkdir(parents=True, exist_ok=True)
+  sweep(path.parent)
+  tmp = old = None
+  try:
+    tmp = mkdtemp(path)
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    fill(tmp)
+    (tmp / COMPLETE).write_text(f"{_host()} {os.getpid()} {time.time():.0f}\n")
+    with _lock(path):
+      if (path / COMPLETE).is_file():
+        return path  # another process finished first: ours is dropped
+      if os.path.lexists(path):
+        log.info("making %s again: it has no %s (an interrupted or older unpack)", path,
+                 COMPLETE)
+        old = mkdtemp(path)
+        os.replace(path, old / path.name)  # a folder, a file or a link alike
+      try:
+        os.replace(tmp, path)
+        tmp = None
+      except OSError:
+        if not (path / COMPLETE).is_file():  # else no lock here, and a rival finished first
+          raise
+  finally:
+    for folder in (tmp, old):
+      if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+  return path
 
 
 def sweep(data_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -210,12 +267,30 @@ def _remove_superseded(path: pathlib.Path, origin) -> None:
     if not isinstance(meta, dict) or meta.get("origin") != origin:
       continue
     try:  # out of the way first, so a reader sees the whole entry or none
-      gone = _mkdtemp(p)
+      gone = mkdtemp(p)
       os.replace(p, gone)
     except OSError:
       continue  # another process removed it first
     shutil.rmtree(gone, ignore_errors=True)
     log.info("removed cache %s, superseded by %s", p, path)
+
+
+@contextlib.contextmanager
+def _lock(path: pathlib.Path):
+  """An exclusive lock on `.<name>.lock` beside `path`, held for the block; none
+  where the platform or file system has no locks (the rename alone decides)."""
+  try:
+    import fcntl
+    f = open(path.parent / f".{path.name}.lock", "a")
+  except (ImportError, OSError):
+    yield
+    return
+  with f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError:
+      pass
+    yield
 
 
 def _host() -> str:
@@ -239,8 +314,9 @@ def _alive(pid: int) -> bool:
   return True
 
 
-def _mkdtemp(path: pathlib.Path) -> pathlib.Path:
-  """A new temporary folder beside `path`, named for this host and process."""
+def mkdtemp(path: pathlib.Path) -> pathlib.Path:
+  """A new temporary folder beside `path`, named for this host and process (`sweep`
+  removes it once that process is gone)."""
   return pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}~{_host()}~{os.getpid()}~",
                                        dir=path.parent))
 

@@ -122,9 +122,10 @@ def _read_metadata(root: pathlib.Path, names: list[str], kind: str, progress) ->
 
 
 def _partners(s2_root: pathlib.Path, s1_root: pathlib.Path, progress
-              ) -> tuple[dict[str, tuple[str, list]], int]:
-  """({S2 name: (S1 name, S1 labels)} of every pair, the S2 patch folders found)."""
-  s1_names = layout.patches(s1_root)
+              ) -> tuple[dict[str, tuple[str, list]], list[str]]:
+  """({S2 name: (S1 name, S1 labels)} of every pair, the S2 patch folders that no
+  S1 patch names, in natural name order)."""
+  s1_names = layout.patches(s1_root, links="raise")
   if not s1_names:
     raise DataError(f"{s1_root} has no S1 patch folders (<s1 name>/<s1 name>_VV.tif, ...)")
   s2_names = set(layout.patches(s2_root))
@@ -137,12 +138,18 @@ def _partners(s2_root: pathlib.Path, s1_root: pathlib.Path, progress
                       "\"corresponding_s2_patch\" naming its S2 pair")
     if s2 not in s2_names:
       raise DataError(f"S1 patch {s1} names S2 patch {s2} as its pair "
-                      f"(corresponding_s2_patch), but {s2_root} has no folder {s2}")
+                      f"(corresponding_s2_patch), but {layout.no_folder(s2_root / s2)}")
     if s2 in partner:
       raise DataError(f"S1 patches {partner[s2][0]} and {s1} both name S2 patch {s2} "
                       "as their pair")
     partner[s2] = (s1, meta["labels"])
-  return partner, len(s2_names)
+  unpaired = sorted(s2_names - set(partner), key=rfiles.natural_key)
+  if unpaired:
+    more = f", ... ({len(unpaired) - 3} more)" if len(unpaired) > 3 else ""
+    log.warning("%s: left out %d S2 patch folder%s that no S1 patch pairs with "
+                "(corresponding_s2_patch): %s%s", s2_root, len(unpaired),
+                "s" if len(unpaired) > 1 else "", ", ".join(unpaired[:3]), more)
+  return partner, unpaired
 
 
 def _label_rows(s2_root: pathlib.Path, pairs: list[str], partner: dict, progress
@@ -199,7 +206,7 @@ def scan(dir, *, exclude=None, countries=None, limit=None, seed: int = 0,
   tables.constants()
   exclude, countries, limit = _exclude(exclude), _countries(countries), _limit(limit)
   s2_root, s1_root = layout.roots(dir, cache_dir)
-  partner, n_s2 = _partners(s2_root, s1_root, progress)
+  partner, unpaired = _partners(s2_root, s1_root, progress)
   pairs = sorted(partner, key=rfiles.natural_key)
   found = len(pairs)
   dropped = dict.fromkeys(DROP_REASONS, 0)
@@ -232,7 +239,7 @@ def scan(dir, *, exclude=None, countries=None, limit=None, seed: int = 0,
            describe_dropped(dropped, exclude, countries, limit))
   labels = (np.stack(rows) if rows else np.zeros((0, len(names)), np.uint8))
   return Scan(s2_root, s1_root, tuple(pairs), tuple(partner[s2][0] for s2 in pairs),
-              labels, names, splits, found, dropped, n_s2 - found,
+              labels, names, splits, found, dropped, len(unpaired),
               exclude, countries, limit)
 
 
