@@ -11,11 +11,10 @@ folder such as the 369 real GeoTIFFs, `--data_dir=...`), `demo`.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import pathlib
-import sys
+import re
 import time
 
 import numpy as np
@@ -30,14 +29,34 @@ from rsh.workdir import WorkdirLockedError
 
 TABLES = ("5.6", "5.7", "5.8", "5.9", "fig5.14")
 
+
+class _CodeLengths(flags.ListParser):
+  """--bits: positive integers, each once (absl's message: `flag --bits=...: ...`)."""
+
+  def parse(self, argument) -> list[int]:
+    values = super().parse(argument)
+    if not values or any(not re.fullmatch(r"\s*\d*[1-9]\d*\s*", str(b)) for b in values):
+      raise ValueError("code lengths are positive integers, e.g. --bits=32,64,128")
+    if len({int(b) for b in values}) < len(values):
+      raise ValueError("a code length is given twice")
+    return [int(b) for b in values]
+
+
 _TABLE = flags.DEFINE_enum("table", None, TABLES, "Which table or figure to reproduce.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs and tables are written.")
 _VARIANT = flags.DEFINE_enum("variant", "small", ("full", "small", "demo"), "Protocol size.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "EuroSAT-MS folder (variants full/small).")
-_SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per cell; mean ± std when > 1.")
-_BITS = flags.DEFINE_list("bits", ["32", "64", "128"], "Code lengths.")
-_STEPS = flags.DEFINE_integer("steps", None, "Override the training steps of every run.")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per cell; mean ± std when > 1.", lower_bound=1)
+_BITS = flags.DEFINE(_CodeLengths(), "bits", "32,64,128", "Code lengths of Tables 5.7 and 5.8; "
+                     "Tables 5.6 and 5.9 and Fig. 5.14 take one (default 64, 128, 64).",
+                     serializer=flags.CsvListSerializer(","))
+_STEPS = flags.DEFINE_integer("steps", None, "The training steps of every run.", lower_bound=1)
 _SET = flags.DEFINE_multi_string("set", [], "Extra config override key=value (repeatable).")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Reuse or resume a run in --workdir whose config.json differs from this config (eval.* "
+    "and evals.* keys and train.num_steps / *_every may always change).")
+
 
 log = logging.getLogger("rsh.reproduce")  # not __name__: this runs as __main__
 
@@ -118,13 +137,20 @@ def _apply(config, overrides: list[str]):
                             if hasattr(node, "keys") else ""))
       if i < len(path):
         node = node[p]
-    old = node[last]
     try:
-      node[last] = type(old)(value) if old is not None and not isinstance(old, bool) else (
-          value.lower() in ("1", "true") if isinstance(old, bool) else value)
+      node[last] = _convert(node[last], value)
     except (TypeError, ValueError) as e:
       raise ValueError(f"--set {item!r}: {e}") from None
   return config
+
+
+def _convert(old, value: str):
+  """`value` as the type of the key's present value (a string where it is None)."""
+  if isinstance(old, bool):
+    if value.lower() not in ("1", "0", "true", "false"):
+      raise ValueError(f"expected true or false, got {value!r}")
+    return value.lower() in ("1", "true")
+  return value if old is None else type(old)(value)
 
 
 def make_config(name: str, bits: int, seed: int):
@@ -139,17 +165,73 @@ def make_config(name: str, bits: int, seed: int):
   return _apply(config, _SET.value)
 
 
+# The models each table runs; the tables of one code length, with its default.
+TABLE_MODELS = {"5.6": ("uahm",), "5.9": ("uahm",), "fig5.14": ("uahm", "gan_ms", "gan_rgb"),
+                **dict.fromkeys(("5.7", "5.8"), tuple(dict.fromkeys(n for n, _ in PAPER["5.7"])))}
+ONE_BITS = {"5.6": (64, "SSM quality, which the code length does not change"),
+            "5.9": (128, "class-wise MAP@100 of UAHM's binary codes, 128 bits in the thesis"),
+            "fig5.14": (64, "MAP against training steps of UAHM, GAN-MS and GAN-RGB")}
+
+
+def table_bits() -> list[int]:
+  """The code lengths the table runs: every --bits for Tables 5.7 and 5.8; for
+  the others one, --bits's or the ONE_BITS default."""
+  bits = _BITS.value
+  if _TABLE.value not in ONE_BITS:
+    return bits
+  default, what = ONE_BITS[_TABLE.value]
+  if not _BITS.present:
+    return [default]
+  if len(bits) > 1:
+    cli.fail(f"--bits={','.join(map(str, bits))}: --table={_TABLE.value} is of one code length "
+             f"({what}); give one, e.g. --bits={default}")
+  return bits
+
+
+def check_flags() -> str:
+  """Before any work, what absl does not check: the table's --bits and every
+  config it builds (--set, --data_dir). Returns config.train.cpu_conv."""
+  configs = []
+  for name in TABLE_MODELS[_TABLE.value]:  # a mistake named with the config it is in
+    try:
+      configs += [make_config(name, b, 0) for b in table_bits()]
+    except ValueError as e:
+      cli.fail(f"{e} (configs/{name}.py)")
+  data = configs[0].data
+  flag = "--data_dir" if _DATA_DIR.value else "--set data.dir"
+  if data.source == "demo" and data.dir is not None:
+    cli.fail(f"{flag}={data.dir}: --variant=demo makes its own images and reads no folder")
+  if data.source == "folder" and data.dir is None:
+    cli.fail(f"--variant={_VARIANT.value} reads a folder of <Class>/*.tif: give --data_dir, "
+             "e.g. --data_dir=../shared/data/eurosat_ms")
+  if data.dir is not None and not os.path.isdir(data.dir):
+    cli.fail(f"{flag}={data.dir}: " + ("not a directory" if os.path.exists(data.dir)
+                                        else "no such directory"))
+  return configs[0].train.get("cpu_conv", "eigen")
+
+
+def figures_drawn(workdir: pathlib.Path) -> bool:
+  """A run draws its figures after writing results.json, map_vs_steps.png first
+  (rsh.experiment): a run stopped while drawing them has none, or an older one."""
+  fig = workdir / "map_vs_steps.png"
+  return (fig.is_file() and fig.stat().st_size > 0
+          and fig.stat().st_mtime >= (workdir / "results.json").stat().st_mtime)
+
+
 def run_cell(name: str, bits: int, seed: int) -> dict:
   """Trains (or reuses) one model; returns its results.json."""
   workdir = pathlib.Path(_WORKDIR.value) / f"{name}_{bits}b_seed{seed}"
   config = make_config(name, bits, seed)
   done = runs.load_results(workdir)
   if done is not None and done.get("history"):
-    runs.check_workdir(config, workdir)  # never reuse a run of another config
+    # Never reuse a run of another config (unless --allow_config_change).
+    runs.check_workdir(config, workdir, _ALLOW_CHANGE.value)
     trained = max(r["step"] for r in done["history"])
-    if trained == config.train.num_steps:
+    if trained == config.train.num_steps and figures_drawn(workdir):
       log.info("reusing %s", workdir)
       return done
+    if trained == config.train.num_steps:  # its final checkpoint, evaluated again
+      log.info("%s: finished, its figures not drawn: drawing them", workdir)
     if trained > config.train.num_steps:
       # A checkpoint cannot be trained backwards: reusing it would put a longer
       # run's numbers in a table that says otherwise.
@@ -157,26 +239,22 @@ def run_cell(name: str, bits: int, seed: int) -> dict:
           f"{workdir} holds a finished run of {trained} steps, more than the "
           f"{config.train.num_steps} asked for; use another --workdir, or --steps={trained}")
   t0 = time.time()
-  results = runs.run(config, workdir)
+  results = runs.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
   log.info("%s: %.0fs, map@%d=%.4f", workdir.name, time.time() - t0, config.eval.k,
                results["metrics"][f"map@{config.eval.k}"])
   return results
 
 
 def _cell(values: list[float]) -> str:
-  if not values:
-    return "—"
-  if len(values) == 1:
-    return f"{values[0]:.4f}"
+  if len(values) < 2:
+    return f"{values[0]:.4f}" if values else "—"
   return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
 
 
 def table_57_58(table: str) -> str:
-  bits = [int(b) for b in _BITS.value]
-  seeds = range(_SEEDS.value)
+  bits, seeds = table_bits(), range(_SEEDS.value)
   metric = "map@100" if table == "5.7" else "precision@20"
-  rows = []
-  cache = {}
+  rows, cache = [], {}
   for (name, kind) in PAPER[table]:
     cells = []
     for b in bits:
@@ -185,9 +263,7 @@ def table_57_58(table: str) -> str:
         key = (name, b, s)
         if key not in cache:
           cache[key] = run_cell(name, b, s)
-        m = cache[key]["metrics"]
-        k = f"{kind}/{metric}"
-        vals.append(m[k])
+        vals.append(cache[key]["metrics"][f"{kind}/{metric}"])
       paper = PAPER[table][(name, kind)].get(b)
       cells.append(f"{_cell(vals)} ({paper:.4f})" if paper else _cell(vals))
     rows.append(f"| {ROW_NAMES[(name, kind)]} | " + " | ".join(cells) + " |")
@@ -207,12 +283,11 @@ def table_57_58(table: str) -> str:
 
 
 def table_59() -> str:
-  seeds = range(_SEEDS.value)
-  per_class: dict[str, list[float]] = {}
-  tie_aware: dict[str, list[float]] = {}
+  seeds, (bits,) = range(_SEEDS.value), table_bits()
+  per_class, tie_aware = {}, {}  # class -> its MAP@100 in each seed
   prefix, tie_prefix = "binary/classwise_map@100/", "binary/classwise_map@100/tie_aware/"
   for s in seeds:
-    res = run_cell("uahm", 128, s)
+    res = run_cell("uahm", bits, s)
     for key, v in res["metrics"].items():
       if key.startswith(tie_prefix):
         tie_aware.setdefault(key[len(tie_prefix):], []).append(v)
@@ -220,53 +295,48 @@ def table_59() -> str:
         per_class.setdefault(key[len(prefix):], []).append(v)
   rows = [f"| {c} | {_cell(per_class.get(c, []))} | {_cell(tie_aware.get(c, []))} | {p:.4f} |"
           for c, p in PAPER["5.9"].items()]
-  return "\n".join([f"Table 5.9 — class-wise MAP@100, UAHM binary 128 bits; variant "
-                    f"{_VARIANT.value}, {len(seeds)} seed(s); tie-aware = expected MAP@100 "
+  thesis = "" if bits == 128 else " (the thesis: 128 bits)"
+  return "\n".join([f"Table 5.9 — class-wise MAP@100, UAHM binary {bits} bits{thesis}; "
+                    f"variant {_VARIANT.value}, {len(seeds)} seed(s); tie-aware = expected MAP@100 "
                     "over orders within ties", "",
                     "| class | ours | ours, tie-aware | thesis |", "|---|---|---|---|", *rows])
+
+
+# Table 5.6's rows: ours, its config.ssm.spatial and .spectral, the thesis's row beside it.
+SSM_ROWS = (("EfficientNet-Lite0 (stands in for Inception-v3)", "efficientnet_lite0", "none",
+             "Inception-v3"),
+            ("raw colour", "none", "raw", "raw colour"),
+            ("local histogram", "none", "local_hist", "local histogram"),
+            ("EfficientNet-Lite0 + local histogram", "efficientnet_lite0", "local_hist",
+             "Inception-v3 + local histogram"))
 
 
 def table_56() -> str:
   """SSM accuracy / IoU for each feature type on the training set (no training)."""
   from rsh import data as rdata, experiment, similarity
-  rows = []
+  (bits,), acc, iou = table_bits(), {}, {}
   for s in range(_SEEDS.value):
-    config = make_config("uahm", 64, s)
-    prepared = rdata.prepare(config)
-    for label, spatial, spectral, fuse in (
-        ("EfficientNet-Lite0 (stands in for Inception-v3)", "efficientnet_lite0", None, False),
-        ("raw colour", "none", "raw", False),
-        ("local histogram", "none", "local_hist", False),
-        ("EfficientNet-Lite0 + local histogram", "efficientnet_lite0", "local_hist", True)):
-      c = make_config("uahm", 64, s)
-      c.ssm.spatial = spatial
-      if spectral is not None:
-        c.ssm.spectral = spectral
-      else:
-        c.ssm.spectral = "none"
+    prepared = rdata.prepare(make_config("uahm", bits, s))
+    for label, spatial, spectral, _ in SSM_ROWS:
+      c = make_config("uahm", bits, s)
+      c.ssm.spatial, c.ssm.spectral = spatial, spectral
       packed, _ = experiment.training_ssm(c, prepared)
       info = similarity.ssm_quality(packed, prepared.labels[prepared.split.train])
-      rows.append((label, s, info["accuracy"], info["iou"]))
-  labels = list(dict.fromkeys(r[0] for r in rows))
-  paper = {"EfficientNet-Lite0 (stands in for Inception-v3)": PAPER["5.6"]["Inception-v3"],
-           "raw colour": PAPER["5.6"]["raw colour"],
-           "local histogram": PAPER["5.6"]["local histogram"],
-           "EfficientNet-Lite0 + local histogram": PAPER["5.6"]["Inception-v3 + local histogram"]}
+      acc.setdefault(label, []).append(info["accuracy"])
+      iou.setdefault(label, []).append(info["iou"])
   out = [f"Table 5.6 — SSM quality on the training set; variant {_VARIANT.value}, "
          f"{_SEEDS.value} seed(s); thesis numbers (Inception-v3 where we use "
          "EfficientNet-Lite0) in brackets", "",
          "| features | accuracy | IoU |", "|---|---|---|"]
-  for label in labels:
-    acc = [r[2] for r in rows if r[0] == label]
-    iou = [r[3] for r in rows if r[0] == label]
-    pa, pi = paper[label]
-    out.append(f"| {label} | {_cell(acc)} ({pa:.4f}) | {_cell(iou)} ({pi:.4f}) |")
+  for label, *_, thesis in SSM_ROWS:
+    pa, pi = PAPER["5.6"][thesis]
+    out.append(f"| {label} | {_cell(acc[label])} ({pa:.4f}) | {_cell(iou[label])} ({pi:.4f}) |")
   return "\n".join(out)
 
 
 def fig_514() -> str:
   from rsh import plots
-  bits = int(_BITS.value[0]) if len(_BITS.value) == 1 else 64
+  (bits,) = table_bits()
   series, lines, reference = {}, [], None
   for name, label in (("uahm", "UAHM"), ("gan_ms", "GAN-MS"), ("gan_rgb", "GAN-RGB")):
     res = run_cell(name, bits, 0)
@@ -274,10 +344,9 @@ def fig_514() -> str:
     if name == "uahm":
       reference = {"random projection": res.get("baselines", {}).get("random_projection")}
     for r in res["history"]:
-      cells = []
-      for key in ("binary/map@all", "nonbinary/map@all", "binary/map@100", "nonbinary/map@100"):
-        v = r.get(key)  # GAN baselines have no codes
-        cells.append("—" if v is None else f"{v:.4f}")
+      cells = ["—" if r.get(key) is None else f"{r[key]:.4f}"  # GAN baselines have no codes
+               for key in ("binary/map@all", "nonbinary/map@all", "binary/map@100",
+                           "nonbinary/map@100")]
       lines.append(f"| {label} | {r['step']} | " + " | ".join(cells) + " |")
   rp = (reference or {}).get("random projection") or {}
   if rp:
@@ -298,32 +367,32 @@ def main(argv):
   if not _TABLE.value or not _WORKDIR.value:
     cli.fail("--table and --workdir are required, e.g. --table=5.7 --variant=demo "
              "--workdir=runs/t57")
+  cpu_conv = check_flags()
   # rsh's own progress at INFO; libraries (orbax, absl) only when they warn.
   logging.getLogger().setLevel(logging.WARNING)
   logging.getLogger("rsh").setLevel(logging.INFO)
-  workdir = pathlib.Path(_WORKDIR.value)
-  if workdir.exists() and not workdir.is_dir():
-    print(f"error: --workdir {workdir} is a file, not a directory", file=sys.stderr)
-    sys.exit(2)
-  created = not workdir.exists()
-  workdir.mkdir(parents=True, exist_ok=True)
-  platform.set_cpu_conv()  # XLA's CPU convolution kernels, before jax's backend starts
+  platform.quiet_closed_event_loops()
+  try:  # XLA reads its flags when jax's backend starts: before anything runs
+    platform.set_cpu_conv(cpu_conv)
+    workdir = pathlib.Path(_WORKDIR.value)
+    created = runs._make_workdir(workdir)  # its messages: rsh.main's
+  except ValueError as e:
+    cli.fail(str(e))
   # Identical programs across seeds compile once.
   import jax
   cache = pathlib.Path(os.environ.get("RSH_CACHE_DIR") or pathlib.Path.home() / ".cache/rsh")
   jax.config.update("jax_compilation_cache_dir", str(cache / "jax"))
   table = _TABLE.value
-  platform.quiet_closed_event_loops()
   try:
     text = {"5.6": table_56, "5.7": lambda: table_57_58("5.7"), "5.8": lambda: table_57_58("5.8"),
             "5.9": table_59, "fig5.14": fig_514}[table]()
   except (ValueError, OSError, runs.ConfigMismatchError, train.NonFiniteLossError,
           checkpoints.CheckpointError, WorkdirLockedError) as e:
-    if created and not any(workdir.iterdir()):
+    if created and workdir.is_dir() and not any(workdir.iterdir()):
       workdir.rmdir()  # nothing was run: leave no empty folder behind
-    cli.fail(str(e))
-  name = table.replace(".", "_")
-  (workdir / f"table_{name}.md").write_text(text + "\n")
+    cli.fail(str(e) if not isinstance(e, OSError) or not e.filename
+             else f"{e.strerror or e}: {e.filename}")
+  (workdir / f"table_{table.replace('.', '_')}.md").write_text(text + "\n")
   print(text)
 
 

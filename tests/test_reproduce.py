@@ -2,9 +2,11 @@
 ours beside the thesis's numbers (tiny demo protocol, a few steps per run).
 
 The table and reuse tests run the command line in this process over finished
-runs written here (config.json and results.json, what `run_cell` reads to
-reuse a run), with known numbers, so each cell's mean ± std is checked to the
-digit; the slow test trains every cell for real, end to end.
+runs written here (config.json, results.json and map_vs_steps.png, what
+`run_cell` reads to reuse a run), with known numbers, so each cell's mean ± std
+is checked to the digit; the slow test trains every cell for real, end to end.
+Every flag mistake is refused before any run (`rsh.runs.run` made to fail the
+test), in one `error:` line naming the flag.
 """
 
 import json
@@ -33,23 +35,25 @@ def _value(name: str, seed: int, key: str) -> float:
   return round(0.1 + 0.1 * MODELS.index(name) + 0.003 * (sum(map(ord, key)) % 7) + 0.02 * seed, 6)
 
 
-def _finished_run(root: pathlib.Path, name: str, seed: int, steps: int = 2) -> None:
-  """`root/<name>_32b_seed<seed>` as a finished run of `steps` steps leaves it:
-  config.json (the config `--variant=demo --bits=32` and the `--set`s make)
-  and results.json (metrics, shallow baselines, an evaluation per step)."""
+def _finished_run(root: pathlib.Path, name: str, seed: int, steps: int = 2, bits: int = 32,
+                  extra: dict | None = None) -> None:
+  """`root/<name>_<bits>b_seed<seed>` as a finished run of `steps` steps leaves it:
+  config.json (the config `--variant=demo --bits=<bits>` and the `--set`s make),
+  results.json (metrics and `extra` ones, shallow baselines, an evaluation per
+  step), then its figures."""
   reproduce = import_cli("rsh.reproduce")
   from rsh import runs
-  config = reproduce._apply(reproduce.load_config(name, f"demo,bits=32,seed={seed}"), SETS)
+  config = reproduce._apply(reproduce.load_config(name, f"demo,bits={bits},seed={seed}"), SETS)
   config.train.num_steps = steps
-  workdir = root / f"{name}_32b_seed{seed}"
+  workdir = root / f"{name}_{bits}b_seed{seed}"
   workdir.mkdir(parents=True)
   (workdir / "config.json").write_text(json.dumps(runs.config_to_dict(config)))
   kinds = ("nonbinary",) if name.startswith("gan") else ("binary", "nonbinary")  # no codes
   metric = lambda key: _value(name, seed, key)
   keys = [f"{kind}/{m}" for kind in kinds for m in ("map@100", "precision@20", "map@all")]
   results = {
-      "method": name, "bits": 32, "seed": seed, "k": 100, "n": 20,
-      "metrics": {key: metric(key) for key in keys},
+      "method": name, "bits": bits, "seed": seed, "k": 100, "n": 20,
+      "metrics": {**{key: metric(key) for key in keys}, **(extra or {})},
       "history": [{"step": s, **{key: metric(key) - 0.01 * (steps - s) for key in keys}}
                   for s in range(1, steps + 1)],
       "baselines": {} if name != "uahm" else {
@@ -57,6 +61,7 @@ def _finished_run(root: pathlib.Path, name: str, seed: int, steps: int = 2) -> N
           for b in BASELINES},
   }
   (workdir / "results.json").write_text(json.dumps(results))
+  (workdir / "map_vs_steps.png").write_bytes(b"\x89PNG drawn after results.json")
 
 
 @pytest.fixture
@@ -175,6 +180,200 @@ def test_bad_arguments(tmp_path, run_cli):
   assert out.returncode != 0 and "--workdir" in out.stderr
   out = run_cli("--table=9.9", f"--workdir={tmp_path}", module="rsh.reproduce")
   assert out.returncode != 0 and "9.9" in out.stderr
+
+
+# ----------------------------------------------------------------------------
+# Every flag checked before any work: one `error:` line naming it, exit code 2.
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+  """`rsh.runs.run` made to fail the test: a mistake is refused before any run."""
+  from rsh import runs
+
+  def trained(config, workdir, **kw):
+    raise AssertionError(f"a run was started in {workdir}")
+  monkeypatch.setattr(runs, "run", trained)
+
+
+def _refused(out, *names) -> str:
+  """Exit code 2, no traceback, and one `error:` line that names each of `names`."""
+  assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+  assert "Traceback" not in out.stderr, out.stderr[-3000:]
+  lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1, out.stderr[-2000:]
+  for name in names:
+    assert name in lines[0], (name, lines[0])
+  return lines[0]
+
+
+def _table_57_refused(tmp_path, run_cli, args, *names) -> str:
+  """`--table=5.7` into tmp_path/w with `args`: refused, naming `names`, and
+  nothing written (tmp_path/w not made)."""
+  out = run_cli("--table=5.7", f"--workdir={tmp_path / 'w'}", *args, module="rsh.reproduce")
+  line = _refused(out, *names)
+  assert not (tmp_path / "w").exists()
+  return line
+
+
+@pytest.mark.parametrize("flag", ["--seeds=0", "--seeds=-1", "--steps=0", "--steps=-5"])
+def test_seeds_and_steps_below_one_are_refused(tmp_path, run_cli, no_training, flag):
+  # --seeds=0 was a table of "—" cells (exit 0); --steps=0 the variant's own steps.
+  _table_57_refused(tmp_path, run_cli, ["--variant=demo", "--bits=32", flag], flag, "not a positive integer")
+
+
+@pytest.mark.parametrize("bits, why", [
+    ("abc", "positive integers"), ("0", "positive integers"), ("-32", "positive integers"),
+    ("32,,64", "positive integers"), ("", "positive integers"), ("32,64,32", "twice")])
+def test_bits_are_positive_code_lengths_given_once(tmp_path, run_cli, no_training, bits, why):
+  # --bits=abc said `invalid literal for int()`; --bits=0 trained 0-bit models.
+  line = _table_57_refused(tmp_path, run_cli, ["--variant=demo", f"--bits={bits}"], f"--bits={bits}", why)
+  assert "e.g. --bits=32,64,128" in line or why == "twice", line
+
+
+def _classwise(value: float) -> dict:
+  """Table 5.9's metrics of a finished run: each class's MAP@100, and tie-aware."""
+  out = {}
+  for i, c in enumerate(("AnnualCrop", "Forest")):
+    out[f"binary/classwise_map@100/{c}"] = value + 0.01 * i
+    out[f"binary/classwise_map@100/tie_aware/{c}"] = value - 0.1 + 0.01 * i
+  return out
+
+
+def test_table_59_is_of_the_code_length_asked_for(tmp_path, monkeypatch, run_cli, no_training):
+  monkeypatch.setenv("RSH_CACHE_DIR", str(tmp_path / "cache"))
+  root = tmp_path / "t59"
+  _finished_run(root, "uahm", 0, bits=32, extra=_classwise(0.5))
+  _finished_run(root, "uahm", 0, bits=128, extra=_classwise(0.25))
+  tiny = [a for a in TINY if not a.startswith("--bits")]
+  # One --bits: that code length (it was 128 whatever --bits said).
+  out = run_cli("--table=5.9", f"--workdir={root}", *tiny, "--bits=32", module="rsh.reproduce")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "reusing" in out.stderr and "uahm_32b_seed0" in out.stderr
+  assert "UAHM binary 32 bits (the thesis: 128 bits);" in out.stdout, out.stdout
+  assert "| AnnualCrop | 0.5000 | 0.4000 | 0.6377 |" in out.stdout, out.stdout
+  assert "| Forest | 0.5100 | 0.4100 | 0.9245 |" in out.stdout, out.stdout
+  # No --bits: the thesis's 128.
+  out = run_cli("--table=5.9", f"--workdir={root}", *tiny, module="rsh.reproduce")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "UAHM binary 128 bits;" in out.stdout and "| AnnualCrop | 0.2500 | 0.1500 |" in out.stdout
+
+
+@pytest.mark.parametrize("table, default", [("5.9", "128"), ("fig5.14", "64")])
+def test_a_table_of_one_code_length_refuses_several(tmp_path, run_cli, no_training, table,
+                                                    default):
+  # Several --bits were ignored: Table 5.9 ran 128 bits, Fig. 5.14 64.
+  out = run_cli(f"--table={table}", f"--workdir={tmp_path / 'w'}", "--variant=demo",
+                "--bits=32,128", module="rsh.reproduce")
+  _refused(out, "--bits=32,128", f"--table={table}", f"--bits={default}")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--variant=small", "--data_dir={tmp}/nowhere"], ["--data_dir=", "nowhere",
+                                                       "no such directory"]),
+    (["--variant=small", "--data_dir={tmp}/a_file"], ["--data_dir=", "a_file",
+                                                      "not a directory"]),
+    (["--variant=small"], ["--variant=small", "--data_dir"]),
+    (["--variant=demo", "--data_dir={tmp}"], ["--data_dir=", "--variant=demo"]),
+])
+def test_the_data_folder_is_checked_before_any_run(tmp_path, run_cli, no_training, args, names):
+  (tmp_path / "a_file").write_text("not a folder")
+  args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+  _table_57_refused(tmp_path, run_cli, ["--bits=32", *args], *names)
+
+
+@pytest.mark.parametrize("table, override, names", [
+    # GAN-RGB's config has no losses.binary: it was refused after DHNN-MS trained.
+    ("5.7", "losses.binary.weight=0.5", ["--set 'losses.binary.weight=0.5'", "no key 'binary'"]),
+    # A boolean key took any word but 1 / true as false.
+    ("5.9", "model.adversarial=yes", ["--set 'model.adversarial=yes'", "true or false"]),
+])
+def test_every_set_is_checked_before_any_run(tmp_path, run_cli, no_training, table, override,
+                                             names):
+  out = run_cli(f"--table={table}", f"--workdir={tmp_path / 'w'}", "--variant=demo",
+                "--bits=32", f"--set={override}", module="rsh.reproduce")
+  _refused(out, *names)
+  assert not (tmp_path / "w").exists()
+
+
+def test_allow_config_change_reuses_a_run_of_another_config(finished_runs, run_cli, no_training):
+  root = finished_runs
+  args = ("--table=5.7", "--seeds=2", f"--workdir={root}", *TINY, "--set=optim.lr=0.5")
+  # The refusal's advice is a flag of this command.
+  _refused(run_cli(*args, module="rsh.reproduce"), "optim.lr", "--allow_config_change")
+  out = run_cli(*args, "--allow_config_change", module="rsh.reproduce")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stderr.count("reusing") == 8
+  assert f"| UAHM (bin) | {_cell('uahm', 'binary/map@100', 0.6470)} |" in out.stdout
+
+
+def _pooled_rgb(backbone, rgb, **kw):
+  """The CNN's features as 4x4-pooled RGB: the feature baselines without a backbone."""
+  n, h, w, _ = rgb.shape
+  return rgb.reshape(n, 4, h // 4, 4, w // 4, 3).mean((2, 4)).reshape(n, -1)
+
+
+@pytest.mark.parametrize("figure", ["missing", "empty", "older than results.json"])
+def test_a_finished_run_without_its_figures_is_run_again(finished_runs, run_cli, monkeypatch,
+                                                         figure):
+  # results.json is written before the figures (map_vs_steps.png first): a run
+  # stopped between the two was reused as it was, its figures never drawn.
+  from rsh import runs
+  run = finished_runs / "uahm_32b_seed1"
+  fig = run / "map_vs_steps.png"
+  if figure == "missing":
+    fig.unlink()
+  elif figure == "empty":
+    fig.write_bytes(b"")
+  else:  # a run resumed for more steps, stopped after its new results.json
+    old = (run / "results.json").stat().st_mtime_ns - 10**9
+    os.utime(fig, ns=(old, old))
+  again = []
+
+  def evaluated(config, workdir, allow_config_change=False, **kw):
+    # What runs.run does with a finished run: its final checkpoint evaluated
+    # again (the same numbers), results.json and the figures written.
+    again.append(pathlib.Path(workdir).name)
+    results = runs.load_results(workdir)
+    return {**results, "metrics": {**results["metrics"], "map@100": 0.0}}
+  monkeypatch.setattr(runs, "run", evaluated)
+  out = run_cli("--table=5.7", "--seeds=2", f"--workdir={finished_runs}", *TINY,
+                module="rsh.reproduce")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert again == ["uahm_32b_seed1"], again
+  assert out.stderr.count("reusing") == 7 and "figures not drawn" in out.stderr
+  assert f"| UAHM (bin) | {_cell('uahm', 'binary/map@100', 0.6470)} |" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_run_stopped_while_drawing_its_figures_draws_them_when_rerun(tmp_path, monkeypatch,
+                                                                       run_cli):
+  # The test above, end to end: one real run (about a minute on 2 CPU cores),
+  # stopped as it starts drawing its figures.
+  from rsh import features, plots
+  monkeypatch.setenv("RSH_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setattr(features, "extract", _pooled_rgb)
+  root = tmp_path / "t59"
+  args = ("--table=5.9", f"--workdir={root}", *[a for a in TINY if not a.startswith("--steps")],
+          "--steps=1")
+
+  def stopped(*args, **kwargs):
+    raise KeyboardInterrupt
+  with monkeypatch.context() as m:
+    m.setattr(plots, "map_vs_steps", stopped)
+    with pytest.raises(KeyboardInterrupt):
+      run_cli(*args, module="rsh.reproduce")
+  (run,) = root.glob("uahm_*b_seed0")
+  assert (run / "results.json").exists() and not (run / "map_vs_steps.png").exists()
+  out = run_cli(*args, module="rsh.reproduce")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "reusing" not in out.stderr and "figures not drawn" in out.stderr, out.stderr[-3000:]
+  assert (run / "map_vs_steps.png").stat().st_size > 1000
+  assert "| AnnualCrop |" in out.stdout
+  # Drawn: reused from now on.
+  out = run_cli(*args, module="rsh.reproduce")
+  assert out.returncode == 0 and "reusing" in out.stderr, out.stderr[-3000:]
 
 
 def _reproduce(*args, cache, timeout=900):
