@@ -2,13 +2,16 @@
 
 A run's checkpoints live in `workdir/checkpoints/<step>`, written synchronously
 (a kill never leaves a half-written step in place: orbax renames it in when
-complete). A checkpoint that cannot be read while an older one can is moved to
-`workdir/corrupt_checkpoints/` and the run resumes from the older one.
+complete; the next run removes what a kill left). A checkpoint that cannot be
+read while an older one can is moved to `workdir/corrupt_checkpoints/` and the
+run resumes from the older one. A save that finds the disk full removes the
+files of its partial step and says so in one `OSError(ENOSPC)`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -23,6 +26,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from rsh import platform
+from rsh import workdir as rworkdir
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +39,65 @@ def open_manager(path: pathlib.Path, max_to_keep: int, read_only: bool = False):
   """An orbax `CheckpointManager` of `path` that saves synchronously."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=False)
+      enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(path.absolute(), options=options)
 
 
 def save(manager, step: int, state: Any) -> None:
-  """Saves `state` as checkpoint `step` and waits until it is on disk."""
-  manager.save(step, args=ocp.args.StandardSave(state), force=True)
-  manager.wait_until_finished()
+  """Saves `state` as checkpoint `step` and waits until it is on disk.
+
+  SIGINT/SIGTERM under `platform.stop_on_signals` wait for the save to end. A
+  full disk raises OSError(ENOSPC) naming the step, the folder and the space
+  left, once (orbax's threads would each log it with a traceback).
+  """
+  with platform.signals_held():
+    try:
+      with _quiet_save():
+        manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 -- orbax/tensorstore wrap OS errors as they like
+      if not _no_space(e):
+        raise
+      directory = pathlib.Path(str(manager.directory))
+      # Frees what the partial step took (the next run's manager tidies the rest).
+      for partial in directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
+      raise OSError(errno.ENOSPC, f"no space left on device while saving the checkpoint of "
+                    f"step {step} to {directory} ({rworkdir.free_space(directory)} free)") from e
+
+
+def _no_space(e: BaseException | None) -> bool:
+  """Whether `e` (or what it wraps) is a full disk: an OSError, or tensorstore's text of one."""
+  for _ in range(8):  # a chain of causes, not followed forever
+    if e is None:
+      return False
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+      return True
+    text = str(e)
+    if "No space left on device" in text or f"os_error_code='{errno.ENOSPC}'" in text:
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+class _OrbaxThreadErrors(logging.Filter):
+  """Drops the error logs of orbax's save threads: the save raises it once."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR or "/orbax/" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_save():
+  loggers = [logging.getLogger(n) for n in ("absl", "orbax")]
+  quiet = _OrbaxThreadErrors()
+  for l in loggers:
+    l.addFilter(quiet)
+  try:
+    yield
+  finally:
+    for l in loggers:
+      l.removeFilter(quiet)
 
 
 def close(manager) -> None:
@@ -95,24 +150,29 @@ def restore(manager, state, workdir: pathlib.Path):
     (the restored state, its step).
   """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  restored, step, errors = _newest_readable(manager, abstract, workdir)
+  for bad, e in errors:
+    dest = workdir / "corrupt_checkpoints" / f"{bad}-{int(time.time())}"
+    dest.parent.mkdir(exist_ok=True)
+    shutil.move(str(workdir / "checkpoints" / str(bad)), dest)
+    log.warning("checkpoint %d in %s cannot be read (%s): moved to %s; resuming from "
+                "step %d", bad, workdir / "checkpoints", _one_line(e), dest, step)
+  if errors:
+    manager.reload()
+  return restored, step
+
+
+def _newest_readable(manager, abstract, workdir: pathlib.Path):
+  """(state, step, [(newer unreadable step, its error)]) of the newest checkpoint
+  that reads into `abstract`; CheckpointError when none does."""
   steps = sorted(manager.all_steps(), reverse=True)
   errors = []
   for step in steps:
     try:
       with _quiet_orbax():
-        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract)), step, errors
     except Exception as e:  # orbax/tensorstore raise many kinds: each is "unreadable"
       errors.append((step, e))
-      continue
-    for bad, e in errors:
-      dest = workdir / "corrupt_checkpoints" / f"{bad}-{int(time.time())}"
-      dest.parent.mkdir(exist_ok=True)
-      shutil.move(str(workdir / "checkpoints" / str(bad)), dest)
-      log.warning("checkpoint %d in %s cannot be read (%s): moved to %s; resuming from "
-                  "step %d", bad, workdir / "checkpoints", _one_line(e), dest, step)
-    if errors:
-      manager.reload()
-    return restored, step
   shown = ", ".join(str(s) for s in steps)
   raise CheckpointError(
       f"no checkpoint in {workdir / 'checkpoints'} (steps {shown}) can be restored into "
@@ -133,7 +193,10 @@ def latest_step(workdir: str | os.PathLike) -> int | None:
 
 
 def latest_state(workdir: str | os.PathLike, abstract_state):
-  """Restores the latest checkpoint of a workdir into `abstract_state`'s structure."""
+  """Restores the newest readable checkpoint of a workdir into `abstract_state`'s
+  structure (None when it has none), moving nothing: an unreadable newer one
+  is skipped with a warning, as a run in the workdir would (`restore`), and
+  CheckpointError says why when none can be read."""
   path = (pathlib.Path(workdir) / "checkpoints").absolute()
   if not path.exists():
     return None
@@ -142,7 +205,11 @@ def latest_state(workdir: str | os.PathLike, abstract_state):
     if manager.latest_step() is None:
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    with _quiet_orbax():
-      return manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+    restored, step, errors = _newest_readable(manager, abstract, pathlib.Path(workdir))
+    for bad, e in errors:
+      log.warning("checkpoint %d in %s cannot be read (%s): loading step %d instead (a run "
+                  "in the workdir would move it to corrupt_checkpoints/)", bad, path,
+                  _one_line(e), step)
+    return restored
   finally:
     manager.close()

@@ -173,7 +173,7 @@ def crossmodal(a, *, name: str, similarity: str | None = None) -> ml_collections
   evals["random_codes"] = dict(type="random_codes")
   for q, r in (("s1", "s2"), ("s2", "s1")):  # the shallow cross-modal baseline
     evals[f"cca_itq_{q}_to_{r}"] = dict(type="cca_itq", query_input=views[q],
-                                        archive_input=views[r])
+                                        archive_input=views[r], pool=8)
   for kind in ("lsh", "itq"):
     evals[f"{kind}_s2"] = dict(type=kind, input="pixels")
     evals[f"{kind}_s1"] = dict(type=kind, input="s1")

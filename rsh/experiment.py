@@ -36,6 +36,7 @@ from rsh import method as rmethod
 from rsh import methods
 from rsh import similarity
 from rsh import train as rtrain
+from rsh.data import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -222,13 +223,17 @@ class _Evaluations:
 
 def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
                        evaluators: Mapping[str, type] | None = None,
-                       on_start: Callable[[int], None] | None = None) -> dict:
+                       on_start: Callable[[int], None] | None = None,
+                       allow_data_change: bool = False) -> dict:
   """Trains `config.method` in `workdir` (resuming if it can), evaluates, writes
   results.json, then the figures; returns the results.
 
   `terms`: extra or replacement loss terms (`rsh.losses.bind`), e.g. from a
   notebook; `evaluators`: extra evaluator types for `config.evals`;
   `on_start(step)`: called once the run is known to start (`rsh.train.run`).
+  The data's fingerprint is recorded in the workdir then (`data.json`) and a
+  resumed run's is checked before anything else: data changed under the
+  workdir is refused unless `allow_data_change` (`rsh.data.fingerprint`).
   A figure that cannot be drawn (e.g. a full disk) is a warning: results.json
   is already written.
   """
@@ -238,6 +243,8 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   loop = loop_config(config)
   batch_size(config)  # its type before any data is loaded
   data = rdata.prepare(config)
+  fp = fingerprint.fingerprint(data)
+  fingerprint.check(workdir, fp, allow_data_change)
   size = batch_size(config, len(data.split.train))
   method = module.build(config, data, terms=terms)
   ssm = functools.cache(lambda: training_ssm(config, data))
@@ -246,19 +253,31 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
                        encoders=method.encoders)
   evals = revals.build(config.get("evals", {}), ctx, extra=evaluators)
   batch_fn, timings = make_batch_fn(config, data, method, ssm, size)
+  # Each evaluator's whole path runs now (the baselines in full, before the
+  # networks are even made; the others on a few rows of the initial state):
+  # nothing accepted here fails after training.
+  later = [ev for ev in evals.values() if hasattr(ev, "precheck")]  # a foreign class may not
+  for ev in [ev for ev in later if not getattr(ev, "needs_state", True)]:
+    ev.precheck(None)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = method.init(init_rng)
-  for ev in evals.values():
-    if hasattr(ev, "precheck"):  # an evaluator class from elsewhere may not have it
-      ev.precheck(state)
+  for ev in [ev for ev in later if getattr(ev, "needs_state", True)]:
+    ev.precheck(state)
   evaluate = _Evaluations(evals, loop.num_steps)
+
+  def started(step: int) -> None:
+    fingerprint.write(workdir, fp)
+    if on_start is not None:
+      on_start(step)
+
   state, history = rtrain.run(workdir=workdir, state=state, step_fn=method.step,
                               batch_fn=batch_fn, rng=train_rng, loop=loop,
                               eval_fn=evaluate.history_row if evals else None,
-                              on_start=on_start)
+                              on_start=started)
   final = evaluate.final(state, int(jax.device_get(state.step)))
   results = results_dict(config, data, evals, final, history, seconds=time.time() - t_start,
                          timings=timings)
+  results["data_digest"] = fp["digest"]
   write_json(workdir / "results.json", results)  # before the figures: nothing lost
   try:
     _figures(workdir, config, data, method, evals, results, state)

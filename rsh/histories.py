@@ -128,31 +128,92 @@ def _tag(name: str) -> str:
 class SummaryWriter:
   """Scalars to TensorBoard event files in `logdir` (tensorboardX), made on first use.
 
-  Without tensorboardX it writes nothing and warns at each write: TensorBoard
-  logging is a convenience, never a blocker.
+  Without tensorboardX it writes nothing and warns at each write; if its files
+  cannot be written (a full disk) it warns once and stops writing them:
+  TensorBoard logging is a convenience, never a blocker.
   """
 
   def __init__(self, logdir: pathlib.Path):
     self.logdir = logdir
     self._writer = None
+    self._failed = False
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> bool:
     """Writes `{tag: value}` at `step`; returns whether anything could be written."""
+    if self._failed:
+      return False
     if self._writer is None:
       try:
         from tensorboardX import SummaryWriter as TBWriter
       except ImportError:
         log.warning("tensorboardX is not installed: no TensorBoard event files")
         return False
-      self._writer = TBWriter(str(self.logdir))
+      try:
+        self._writer = TBWriter(str(self.logdir))
+      except OSError as e:
+        self._fail(e)
+        return False
+      _guard_files(self._writer, self._fail)
     for k, v in scalars.items():
       self._writer.add_scalar(_tag(k), v, step)
-    return True
+    return not self._failed
+
+  def _fail(self, e: OSError) -> None:
+    if not self._failed:
+      self._failed = True
+      log.warning("cannot write the TensorBoard events in %s (%s): they stop here",
+                  self.logdir, e.strerror or e)
 
   def flush(self) -> None:
-    if self._writer is not None:
-      self._writer.flush()
+    if self._writer is not None and not self._failed:
+      try:
+        self._writer.flush()
+      except OSError as e:
+        self._fail(e)
 
   def close(self) -> None:
     if self._writer is not None:
-      self._writer.close()  # on every path out: tensorboardX's atexit hook must find it closed
+      writer, self._writer = self._writer, None
+      try:
+        writer.close()  # on every path out: tensorboardX's atexit hook must find it closed
+      except OSError as e:
+        self._fail(e)
+
+
+class _GuardedFile:
+  """A tensorboardX record file that stops at its first OSError (a full disk),
+  reporting it once, where it would raise in tensorboardX's writer thread (a
+  traceback, then a queue nobody empties) and again in its exit hook."""
+
+  def __init__(self, inner, on_error):
+    self.inner, self.on_error, self.failed = inner, on_error, False
+
+  def _do(self, name: str, *args) -> None:
+    if not self.failed:
+      try:
+        getattr(self.inner, name)(*args)
+      except OSError as e:
+        self.failed = True
+        self.on_error(e)
+
+  def write(self, data) -> None:
+    self._do("write", data)
+
+  def flush(self) -> None:
+    self._do("flush")
+
+  def close(self) -> None:
+    try:
+      self.inner.close()
+    except OSError:
+      pass  # reported at the first failure
+
+
+def _guard_files(writer, on_error) -> None:
+  """Wraps the files of tensorboardX's writer (its internals, as of 2.6) in
+  `_GuardedFile`; a writer built otherwise is left as it is."""
+  for file_writer in (getattr(writer, "all_writers", None) or {}).values():
+    events = getattr(getattr(file_writer, "event_writer", None), "_ev_writer", None)
+    record = getattr(events, "_py_recordio_writer", None)
+    if record is not None and hasattr(record, "write") and hasattr(record, "flush"):
+      events._py_recordio_writer = _GuardedFile(record, on_error)

@@ -11,8 +11,10 @@ A run writes `DIR/config.json` once it has started (a checkpoint restored or a
 first step taken), checkpoints while it trains, and `DIR/results.json` (then
 the figures) after evaluation. Rerunning the same command resumes it. A
 mistake that is the user's to fix (a bad key or value, a missing file, a
-workdir in use, a diverged run) is one line `error: ...` and exit code 2; set
-RSH_TRACEBACK=1 to see the traceback as well.
+workdir in use, a diverged run, a full disk) is one line `error: ...` and exit
+code 2; Ctrl-C (SIGINT) or SIGTERM is one line `interrupted ...` saying what
+is kept, and exit code 130 or 143. Set RSH_TRACEBACK=1 to see the traceback as
+well.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rsh import cli
+from rsh import platform
 from rsh.cli import fail
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -38,6 +41,11 @@ _ALLOW_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False,
     "Resume into a workdir whose config.json differs from this config (eval.* and "
     "evals.* keys and train.num_steps / *_every may always change).")
+
+_ALLOW_DATA = flags.DEFINE_bool(
+    "allow_data_change", False,
+    "Resume into a workdir whose data.json (what its run was trained on: files, labels, "
+    "pixels) differs from the data loaded now.")
 
 
 def _config_arg(argv) -> str | None:
@@ -85,6 +93,16 @@ def _unknown_override(argv) -> str | None:
 
 
 def main(argv):
+  # From here to the summary line, SIGINT and SIGTERM unwind the run (its files
+  # closed, what it saved kept) and end in one line.
+  with platform.stop_on_signals():
+    try:
+      _main(argv)
+    except platform.Interrupted as e:
+      cli.exit_now(cli.interrupted_line(e, _WORKDIR.value), e.code)
+
+
+def _main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
   if _config_arg(sys.argv) is None:
@@ -103,7 +121,6 @@ def main(argv):
   logging.getLogger("rsh").setLevel(logging.INFO)
   # Imported here: a bad flag is answered before jax is loaded.
   from rsh import checkpoints
-  from rsh import platform
   from rsh import runs
   from rsh import train
   from rsh.workdir import WorkdirLockedError
@@ -113,13 +130,13 @@ def main(argv):
   except ValueError as e:
     fail(str(e))
   try:
-    results = runs.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
+    results = runs.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value,
+                       allow_data_change=_ALLOW_DATA.value)
   except (ValueError, OSError, runs.ConfigMismatchError, train.NonFiniteLossError,
           checkpoints.CheckpointError, WorkdirLockedError) as e:
-    # Bad input (or a diverged run) is the user's to fix: one clear line, no
-    # traceback; a diverged run keeps its last good checkpoint.
-    fail(str(e) if not isinstance(e, OSError) or not e.filename
-         else f"{e.strerror or e}: {e.filename}")
+    # Bad input (or a diverged run, a full disk) is the user's to fix: one
+    # clear line, no traceback; a diverged run keeps its last good checkpoint.
+    fail(cli.error_line(e, _WORKDIR.value))
   print(runs.summary_line(results))
 
 

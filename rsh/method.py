@@ -44,6 +44,17 @@ BATCH_INPUTS: Mapping[str, BatchInput] = {
 }
 
 
+def code_bits(config, multiple: int = 8) -> int:
+  """`config.model.bits`, checked: a positive multiple of `multiple` (the codes
+  of a network method are packed 8 bits a byte)."""
+  bits = config.model.bits
+  if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1 or (
+      bits % multiple):
+    raise ValueError(f"config.model.bits must be a positive multiple of {multiple}; "
+                     f"got {bits!r}")
+  return int(bits)
+
+
 def encoder_of(encode: Encode, encoders: Mapping[str, Encode] | None, view: str) -> Encode:
   """`encoders[view]` for a method with one encoder per view, else `encode`."""
   if encoders is None:

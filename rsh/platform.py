@@ -2,17 +2,22 @@
 
 `set_cpu_conv` picks XLA:CPU's convolution kernels (an XLA flag read once, when
 jax's backend starts); `quiet_closed_event_loops` silences orbax's abandoned
-reads for a command-line process. The library itself never calls either: a
-process-wide setting is its caller's choice. This module imports nothing of
-rsh or jax, so an entry point can apply it first.
+reads for a command-line process; `stop_on_signals` turns SIGINT and SIGTERM
+into `Interrupted`. The library itself never calls them: a process-wide
+setting is its caller's choice (it only marks, with `signals_held`, what a
+signal must not cut in two). This module imports nothing of rsh or jax, so an
+entry point can apply it first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 
 # XLA:CPU hands convolutions, dots and reductions to YNNPACK by default (jaxlib
 # 0.10 on). Its convolution gradients run about 2x slower than XLA's own (Eigen)
@@ -87,3 +92,76 @@ def quiet_closed_event_loops() -> None:
   failure itself is reported in one line. (rsh itself runs no event loop.)"""
   sys.unraisablehook = closed_loop_filter(sys.unraisablehook)
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
+class Interrupted(KeyboardInterrupt):
+  """SIGINT (Ctrl-C) or SIGTERM, raised in the main thread under `stop_on_signals`.
+
+  `code`: the exit status shells use for it (128 + the signal's number: 130,
+  143); `step`: the training step it stopped at (`rsh.train.run` sets it), None
+  outside the training loop.
+  """
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum, self.code, self.step = signum, 128 + signum, None
+
+
+class _Signals:
+  """`stop_on_signals`'s state: blocks holding signals off, a signal held, one raised."""
+  depth = 0
+  held: int | None = None
+  raised = False
+
+
+_SIGNALS = _Signals()
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+  """For a command-line process: SIGINT and SIGTERM raise `Interrupted`.
+
+  So a stopped run unwinds (its files closed, its lock released) where SIGTERM
+  would kill it outright; inside `signals_held` the signal waits for the block's
+  end. A second signal while the first unwinds exits at once, as kill -9 would
+  (a workdir survives that too). The previous handlers come back at the end.
+  """
+  s = _SIGNALS
+
+  def handler(signum, frame):
+    del frame
+    if s.raised:
+      os.write(2, b"interrupted again: exiting at once\n")
+      os._exit(128 + signum)
+    if s.depth:
+      s.held = signum
+      return
+    s.raised = True
+    raise Interrupted(signum)
+
+  if threading.current_thread() is not threading.main_thread():
+    yield  # only the main thread may handle signals
+    return
+  s.held, s.raised = None, False
+  old = {n: signal.signal(n, handler) for n in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for n, h in old.items():
+      signal.signal(n, h)
+
+
+@contextlib.contextmanager
+def signals_held():
+  """Holds `stop_on_signals`'s `Interrupted` off until the block ends (e.g. a
+  checkpoint is saved whole first); without `stop_on_signals`, nothing changes."""
+  s = _SIGNALS
+  s.depth += 1
+  try:
+    yield
+  finally:
+    s.depth -= 1
+  if not s.depth and s.held is not None:
+    signum, s.held = s.held, None
+    s.raised = True
+    raise Interrupted(signum)

@@ -22,6 +22,7 @@ from absl import app, flags
 
 from rsh import checkpoints
 from rsh import cli
+from rsh import paper
 from rsh import platform
 from rsh import runs
 from rsh import train
@@ -57,6 +58,9 @@ _ALLOW_CHANGE = flags.DEFINE_bool(
     "Reuse or resume a run in --workdir whose config.json differs from this config (eval.* "
     "and evals.* keys and train.num_steps / *_every may always change).")
 
+_ALLOW_DATA = flags.DEFINE_bool(
+    "allow_data_change", False, "Reuse or resume a run in --workdir whose data.json differs "
+    "from the data loaded now (rsh.data.fingerprint).")
 
 log = logging.getLogger("rsh.reproduce")  # not __name__: this runs as __main__
 
@@ -66,37 +70,7 @@ DEFAULT_STEPS = {"small": 40}
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# The thesis's numbers (ch. 5), as published.
-PAPER = {
-    "5.7": {  # MAP@100
-        ("dhnn_ms", "binary"): {32: 0.2752, 64: 0.2842, 128: 0.2720},
-        ("gan_rgb", "nonbinary"): {32: 0.5184, 64: 0.5287, 128: 0.5480},
-        ("gan_ms", "nonbinary"): {32: 0.5655, 64: 0.5915, 128: 0.6002},
-        ("uahm", "nonbinary"): {32: 0.6510, 64: 0.6575, 128: 0.6810},
-        ("uahm", "binary"): {32: 0.6470, 64: 0.6556, 128: 0.6785},
-    },
-    "5.8": {  # precision@20
-        ("dhnn_ms", "binary"): {32: 0.1542, 64: 0.1808, 128: 0.2283},
-        ("gan_rgb", "nonbinary"): {32: 0.5113, 64: 0.5217, 128: 0.5398},
-        ("gan_ms", "nonbinary"): {32: 0.5603, 64: 0.5221, 128: 0.5980},
-        ("uahm", "nonbinary"): {32: 0.6393, 64: 0.6452, 128: 0.6734},
-        ("uahm", "binary"): {32: 0.6367, 64: 0.6432, 128: 0.6705},
-    },
-    "5.9": {  # class-wise MAP@100, UAHM binary, 128 bits
-        "AnnualCrop": 0.6377, "Forest": 0.9245, "HerbaceousVegetation": 0.5730,
-        "Highway": 0.2713, "Industrial": 0.8887, "Pasture": 0.6557, "PermanentCrop": 0.5816,
-        "Residential": 0.5551, "River": 0.7103, "SeaLake": 0.9873,
-    },
-    "5.6": {  # SSM quality on 5,000 training images
-        "ResNet-v2": (0.8761, 0.0331), "Inception-v3": (0.8899, 0.1626),
-        "raw colour": (0.8884, 0.0853), "local histogram": (0.8894, 0.1071),
-        "Inception-v3 + local histogram": (0.8948, 0.1628),
-    },
-}
-
-ROW_NAMES = {("dhnn_ms", "binary"): "DHNN-MS (bin)", ("gan_rgb", "nonbinary"): "GAN-RGB (non-bin)",
-             ("gan_ms", "nonbinary"): "GAN-MS (non-bin)", ("uahm", "nonbinary"): "UAHM (non-bin)",
-             ("uahm", "binary"): "UAHM (bin)"}
+PAPER, ROW_NAMES = paper.PAPER, paper.ROW_NAMES
 
 # Baselines every deep run evaluates beside itself (config_lib.baselines).
 BASELINE_ROWS = {"random_projection": "LSH, pixels", "itq": "ITQ, pixels",
@@ -239,7 +213,8 @@ def run_cell(name: str, bits: int, seed: int) -> dict:
           f"{workdir} holds a finished run of {trained} steps, more than the "
           f"{config.train.num_steps} asked for; use another --workdir, or --steps={trained}")
   t0 = time.time()
-  results = runs.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
+  results = runs.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value,
+                     allow_data_change=_ALLOW_DATA.value)
   log.info("%s: %.0fs, map@%d=%.4f", workdir.name, time.time() - t0, config.eval.k,
                results["metrics"][f"map@{config.eval.k}"])
   return results
@@ -362,6 +337,16 @@ def fig_514() -> str:
 
 
 def main(argv):
+  with platform.stop_on_signals():  # Ctrl-C / SIGTERM: one line, what is kept
+    try:
+      _main(argv)
+    except platform.Interrupted as e:
+      cli.exit_now(f"interrupted: the finished runs in {_WORKDIR.value} are kept and the one "
+                   "in progress resumes from its last checkpoint; rerun the same command "
+                   "to go on", e.code)
+
+
+def _main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
   if not _TABLE.value or not _WORKDIR.value:
@@ -390,8 +375,7 @@ def main(argv):
           checkpoints.CheckpointError, WorkdirLockedError) as e:
     if created and workdir.is_dir() and not any(workdir.iterdir()):
       workdir.rmdir()  # nothing was run: leave no empty folder behind
-    cli.fail(str(e) if not isinstance(e, OSError) or not e.filename
-             else f"{e.strerror or e}: {e.filename}")
+    cli.fail(cli.error_line(e, workdir))
   (workdir / f"table_{table.replace('.', '_')}.md").write_text(text + "\n")
   print(text)
 

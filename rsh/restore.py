@@ -32,6 +32,7 @@ from rsh import deprecation
 from rsh import features  # noqa: F401  registers the features/<backbone> view
 from rsh import method as rmethod
 from rsh import methods
+from rsh.data import fingerprint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -102,16 +103,21 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
 __getattr__ = deprecation.moved(__name__, {"latest_step": "rsh.checkpoints"})
 
 
-def load_run(workdir: str | os.PathLike, terms: Mapping[str, Any] | None = None) -> Run:
+def load_run(workdir: str | os.PathLike, terms: Mapping[str, Any] | None = None,
+             allow_data_change: bool = False) -> Run:
   """Restores the latest checkpoint of `workdir` (see the module docstring).
 
   `terms`: the extra loss terms the run was trained with (`rsh.runs.run(...,
   terms=)`), needed to build the method again when `config.losses` names one
-  that is not registered in `rsh.losses.LOSSES`.
+  that is not registered in `rsh.losses.LOSSES`. The data loaded again must be
+  what the run recorded in its `data.json` (`rsh.data.fingerprint`), unless
+  `allow_data_change` (then a warning says what differs).
 
   Raises:
     FileNotFoundError: no such workdir, no config.json, or no checkpoint in it.
-    ValueError: config.json is not an rsh config, or names an unknown loss term.
+    ValueError: config.json is not an rsh config, names an unknown loss term,
+      the data changed since the run (`rsh.data.fingerprint.DataChangedError`),
+      or no checkpoint can be read (`rsh.checkpoints.CheckpointError`).
   """
   workdir = pathlib.Path(workdir)
   config = read_config(workdir)
@@ -119,6 +125,8 @@ def load_run(workdir: str | os.PathLike, terms: Mapping[str, Any] | None = None)
     raise FileNotFoundError(f"{workdir} holds no checkpoint ({workdir / 'checkpoints'} is "
                             "missing or empty): train the run first")
   data = rdata.prepare(config)
+  fingerprint.check(workdir, fingerprint.fingerprint(data), allow_data_change,
+                    override="restore.load_run(..., allow_data_change=True)")
   module = methods.get(config.method)
   try:
     method = module.build(config, data, terms=terms)

@@ -73,8 +73,11 @@ def check_workdir(config, workdir: pathlib.Path, allow_config_change: bool = Fal
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         allow_config_change: bool = False, terms: dict | None = None,
-        evaluators: dict | None = None) -> dict:
+        evaluators: dict | None = None, allow_data_change: bool = False) -> dict:
   """Trains and evaluates `config` in `workdir`; returns and writes results.json.
+
+  `allow_config_change` / `allow_data_change`: resume into a workdir whose
+  config.json / data.json (`rsh.data.fingerprint`) differ from this run's.
 
   `terms`: extra loss terms `{name: fn}` (e.g. from a notebook) that
   `config.losses` may name beside the built-in ones (`rsh.losses.bind`);
@@ -97,7 +100,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     with workdir_lock(workdir):
       try:
         return experiment.train_and_evaluate(config, workdir, terms=terms,
-                                             evaluators=evaluators, on_start=on_start)
+                                             evaluators=evaluators, on_start=on_start,
+                                             allow_data_change=allow_data_change)
       except BaseException:
         if not started:
           _undo(workdir, before)

@@ -172,8 +172,14 @@ def project(h: LinearHash, x, batch: int = 1024) -> np.ndarray:
 
 
 def pool_rows(x, size: int | None) -> np.ndarray:
-  """f32[n, size * size * c] of images [n, h, h, c] averaged down to size x size
-  (h must divide by size); None or a vector view: the rows flattened."""
+  """f32[n, size * size * c] of images [n, h, w, c] averaged down to size x size
+  cells; None or a vector view: the rows flattened.
+
+  Cell i of an axis of length h averages pixels floor(i h / size) up to
+  ceil((i + 1) h / size) (adaptive average pooling), so any patch size pools to
+  any grid: disjoint equal blocks when size divides h, overlapping ones when it
+  does not, a pixel repeated when size exceeds h.
+  """
   if size is None or np.ndim(x) != 4:
     return _rows(x, "x", "pool_rows")
   x = np.asarray(x)
@@ -182,10 +188,20 @@ def pool_rows(x, size: int | None) -> np.ndarray:
   x = x.astype(np.float32, copy=False)
   size = _check_count(size, "size", "pool_rows", 1)
   n, h, w, c = x.shape
-  if h % size or w % size:
-    raise ValueError(f"pool_rows: pooling {h}x{w} images to `size`={size}: the size must "
-                     "divide both")
-  return x.reshape(n, size, h // size, size, w // size, c).mean((2, 4)).reshape(n, -1)
+  if not (h % size or w % size):  # equal blocks: the plain block mean
+    return x.reshape(n, size, h // size, size, w // size, c).mean((2, 4)).reshape(n, -1)
+  out = np.einsum("ih,nhwc,jw->nijc", _pool_matrix(size, h), x, _pool_matrix(size, w),
+                  optimize=True)
+  return out.astype(np.float32).reshape(n, -1)
+
+
+def _pool_matrix(size: int, h: int) -> np.ndarray:
+  """f32[size, h]: row i averages pixels floor(i h / size) .. ceil((i + 1) h / size) - 1."""
+  m = np.zeros((size, h), np.float32)
+  for i in range(size):
+    lo, hi = (i * h) // size, -((-(i + 1) * h) // size)
+    m[i, lo:hi] = 1.0 / (hi - lo)
+  return m
 
 
 def cca(x, y, bits: int, reg: float = 1e-3) -> tuple[LinearHash, LinearHash, np.ndarray]:

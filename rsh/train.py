@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from rsh import checkpoints
 from rsh import deprecation
 from rsh import histories
+from rsh import platform
 from rsh import sharding
 
 log = logging.getLogger(__name__)
@@ -128,11 +129,15 @@ def run(
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = mesh or sharding.data_mesh()
   r = _Run(workdir, loop, eval_fn, on_start)
-  r.resume(sharding.replicate(state, mesh))
   try:
+    r.resume(sharding.replicate(state, mesh))
     r.train(jit_step(step_fn, mesh), batch_fn, rng, mesh)
-  finally:
-    r.close()
+  except BaseException as e:
+    r.close(quiet=True)  # the first error is the one to report (a full disk fails again)
+    if isinstance(e, platform.Interrupted):
+      e.step = r.step
+    raise
+  r.close()
   return r.state, r.history.rows
 
 
@@ -147,7 +152,8 @@ class _Run:
     self.writer = histories.SummaryWriter(workdir / "tensorboard")
     self.eval_every = loop.eval_every or loop.num_steps
     self.checkpoint_every = loop.checkpoint_every or loop.num_steps
-    self.pbar = None
+    self.pbar = self.train_log = None
+    self.step = None  # the last step done (a Python int: a donated state cannot be read)
 
   def resume(self, state) -> None:
     """Starts from `state`, or from the newest readable checkpoint of the workdir."""
@@ -156,7 +162,7 @@ class _Run:
       state, self.latest = checkpoints.restore(self.manager, state, self.workdir)
       log.info("resumed from %s at step %d", self.workdir / "checkpoints", self.latest)
     self.state, self.last_saved = state, self.latest
-    self.start = start = int(jax.device_get(state.step))
+    self.start = self.step = start = int(jax.device_get(state.step))
     if start > self.loop.num_steps:
       log.warning("the checkpoint in %s is at step %d, past train.num_steps=%d: a model "
                   "cannot be trained backwards, so the model of step %d is evaluated and "
@@ -189,13 +195,16 @@ class _Run:
     final = int(jax.device_get(self.state.step))
     if not self.history.has(final):
       self.evaluate(final, metrics if self.start < num_steps else self.pending.metrics(final))
+    # Evaluated now or before (a kill between its evaluation and this, or a
+    # step evaluated by an earlier run): a finished workdir keeps no pending record.
+    self.pending.clear()
 
   def _after_step(self, done: int, new_state, metrics) -> dict[str, float]:
     """Checks, keeps, logs, saves and evaluates the state of step `done`."""
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not _finite(metrics):
       raise _non_finite(done, metrics, self.last_saved, self.workdir / "checkpoints")
-    self.state = new_state
+    self.state, self.step = new_state, done
     self._started()
     last = done == self.loop.num_steps
     logged = done % max(1, self.loop.log_every) == 0
@@ -241,12 +250,19 @@ class _Run:
     log.info("eval at step %d (%.1fs): %s", step, time.time() - t0,
              " ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
 
-  def close(self) -> None:
-    if self.pbar is not None:
-      self.pbar.close()
-    self.train_log.close()
-    checkpoints.close(self.manager)
-    self.writer.close()
+  def close(self, quiet: bool = False) -> None:
+    """Closes what the run opened, each part even if another fails (a full disk);
+    `quiet`: on the way out of an error, whose report a second failure must not replace."""
+    parts = [p.close for p in (self.pbar, self.train_log) if p is not None]
+    parts += [lambda: checkpoints.close(self.manager), self.writer.close]
+    errors = []
+    for close in parts:
+      try:
+        close()
+      except Exception as e:  # noqa: BLE001 -- each part is closed whatever the others do
+        errors.append(e)
+    if errors and not quiet:
+      raise errors[0]
 
 
 def _finite(metrics: Mapping[str, float]) -> bool:

@@ -1,4 +1,5 @@
-"""One run per workdir: an exclusive lock that names its holder."""
+"""One run per workdir: an exclusive lock that names its holder; the free
+space of its disk, for the message of a full one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import errno
 import fcntl
 import os
 import pathlib
+import shutil
 import socket
 
 
@@ -42,3 +44,22 @@ def workdir_lock(workdir: str | os.PathLike):
     yield path
   finally:
     f.close()  # releases the flock
+
+
+def free_space(path: str | os.PathLike) -> str:
+  """The free space of the filesystem holding `path` (or its nearest existing
+  parent), in words: "12 KB", "3.4 GB"; "unknown" if it cannot be read."""
+  path = pathlib.Path(path).absolute()
+  while not path.exists() and path != path.parent:
+    path = path.parent
+  try:
+    free = shutil.disk_usage(path).free
+  except OSError:
+    return "unknown"
+  for unit in ("bytes", "KB", "MB"):
+    if free < 1024:
+      break
+    free /= 1024
+  else:
+    unit = "GB"
+  return f"{free:.0f} {unit}" if free >= 100 else f"{free:.3g} {unit}"

@@ -87,9 +87,7 @@ def augment(x: jax.Array, rng: jax.Array, noise: float = 0.1) -> jax.Array:
 def build(config, data, terms=None) -> rmethod.Method:
   views = modalities(config, data)
   mods = tuple(views)
-  bits = int(config.model.bits)
-  if bits % 8:
-    raise ValueError(f"config.model.bits must be a multiple of 8, got {bits}")
+  bits = rmethod.code_bits(config)
   m = config.model
   model = cm.CrossModalHasher(mods, bits, tuple(m.get("widths", (32, 64, 128))),
                               int(m.get("feature_dim", 256)))

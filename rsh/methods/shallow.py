@@ -10,6 +10,8 @@ training curve.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,10 +26,20 @@ def _encoder(hash_of):
   return encode
 
 
+@contextlib.contextmanager
+def _named(key: str):
+  """A ValueError of the fit (e.g. more bits than images) names the config key."""
+  try:
+    yield
+  except ValueError as e:
+    raise ValueError(f"{key}: {e}") from None
+
+
 def build_lsh(config, data, terms=None) -> rmethod.Method:
   del terms
-  h = shallow.fit_lsh(data.train_rows(config.data.get("input")), config.model.bits,
-                      config.seed)
+  with _named("config.model.bits"):
+    h = shallow.fit_lsh(data.train_rows(config.data.get("input")), config.model.bits,
+                        config.seed)
 
   def step(state, batch, rng):
     del batch, rng
@@ -40,7 +52,8 @@ def build_lsh(config, data, terms=None) -> rmethod.Method:
 def build_itq(config, data, terms=None) -> rmethod.Method:
   del terms
   bits = int(config.model.bits)
-  pca = shallow.pca(data.train_rows(config.data.get("input")), bits)
+  with _named("config.model.bits"):
+    pca = shallow.pca(data.train_rows(config.data.get("input")), bits)
   rotation = shallow.random_rotation(bits, config.seed)
 
   def step(state, batch, rng):

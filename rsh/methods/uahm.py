@@ -43,9 +43,7 @@ def _d_stats(config) -> str:
 
 
 def build_models(config):
-  bits = int(config.model.bits)
-  if bits % 8:
-    raise ValueError(f"config.model.bits must be a multiple of 8, got {bits}")
+  bits = rmethod.code_bits(config)
   channels = len(rdata.resolve_bands(config.data.bands))
   impl = config.model.get("conv_impl", "phase")
   disc = dcgan.Discriminator(channels=channels, bits=bits, head=config.model.head, impl=impl)
