@@ -137,11 +137,18 @@ def ssm() -> ml_collections.ConfigDict:
 def baselines(features=("efficientnet_lite0",)) -> dict[str, dict]:
   """The shallow baselines beside a deep run (`config.evals` entries): LSH
   (`random_projection`) and ITQ on pixels, and both on each backbone's features."""
-  out = {"random_projection": dict(type="lsh"), "itq": dict(type="itq")}
+  out = {"random_projection": dict(type="lsh", bits=own_bits()),
+         "itq": dict(type="itq", bits=own_bits())}
   for b in features:
-    out[f"lsh_{b}"] = dict(type="lsh", input=b)
-    out[f"itq_{b}"] = dict(type="itq", input=b)
+    out[f"lsh_{b}"] = dict(type="lsh", input=b, bits=own_bits())
+    out[f"itq_{b}"] = dict(type="itq", input=b, bits=own_bits())
   return out
+
+
+def own_bits() -> ml_collections.FieldReference:
+  """A baseline's `bits`: None (the default) is config.model.bits; an int, its own
+  (`--config.evals.<name>.bits=16`, e.g. where the view has few dimensions)."""
+  return ml_collections.FieldReference(None, field_type=int)
 
 
 def crossmodal(a, *, name: str, similarity: str | None = None) -> ml_collections.ConfigDict:
@@ -170,13 +177,13 @@ def crossmodal(a, *, name: str, similarity: str | None = None) -> ml_collections
     evals[f"{q}_to_{r}"] = dict(type="retrieval", query="query", archive="archive",
                                 query_input=views[q], archive_input=views[r],
                                 codes="hash", vectors="hash", prefix=f"{q}_to_{r}/")
-  evals["random_codes"] = dict(type="random_codes")
+  evals["random_codes"] = dict(type="random_codes", bits=own_bits())
   for q, r in (("s1", "s2"), ("s2", "s1")):  # the shallow cross-modal baseline
     evals[f"cca_itq_{q}_to_{r}"] = dict(type="cca_itq", query_input=views[q],
-                                        archive_input=views[r], pool=8)
+                                        archive_input=views[r], pool=8, bits=own_bits())
   for kind in ("lsh", "itq"):
-    evals[f"{kind}_s2"] = dict(type=kind, input="pixels")
-    evals[f"{kind}_s1"] = dict(type=kind, input="s1")
+    evals[f"{kind}_s2"] = dict(type=kind, input="pixels", bits=own_bits())
+    evals[f"{kind}_s1"] = dict(type=kind, input="s1", bits=own_bits())
   c.evals = ml_collections.ConfigDict(evals)
   if similarity is not None and similarity not in ("any", "jaccard"):
     raise ValueError(f"unknown config similarity {similarity!r}; known: any, jaccard")

@@ -62,8 +62,10 @@ def _check_bits(bits: int, d: int, n: int | None = None, fn: str = "shallow") ->
   if bits < 1:
     raise ValueError(f"{fn}: bits must be >= 1; got `bits`={bits}")
   if bits > d or (n is not None and bits > n):
-    raise ValueError(f"{fn}: {bits} bits need at least {bits} input dimensions and training "
-                     f"images; the input has {d} dimensions and {n} images (`bits`={bits})")
+    need = "input dimensions" if n is None else "input dimensions and training images"
+    has = f"{d} dimensions" if n is None else f"{d} dimensions and {n} images"
+    raise ValueError(f"{fn}: {bits} bits need at least {bits} {need}; the input has {has} "
+                     f"(`bits`={bits})")
   return bits
 
 

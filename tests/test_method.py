@@ -121,7 +121,7 @@ def test_crossmodal_refuses_a_single_view_input():
 
 def test_lsh_is_one_evaluator_type_and_the_old_name_warns():
   assert "random_projection" not in revals.EVALUATORS
-  assert config_lib.baselines()["random_projection"] == {"type": "lsh"}
+  assert config_lib.baselines()["random_projection"]["type"] == "lsh"
   config = _config("lsh")
   data = rdata.prepare(config)
   ctx = revals.Context(config=config, data=data, encode=None, ssm=None)

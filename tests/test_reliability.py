@@ -95,7 +95,8 @@ def test_a_view_typo_under_evals_names_its_key(tmp_path, run_cli):
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("bits", 0, "config.evals.random_codes.bits must be an integer >= 1; got 0"),
+    ("bits", 0, "config.evals.random_codes.bits must be a positive multiple of 8 .*got 0"),
+    ("bits", 12, "config.evals.random_codes.bits must be a positive multiple of 8 .*got 12"),
     ("query", "tset", "config.evals.random_codes.query: unknown image set 'tset'"),
 ])
 def test_baseline_settings_are_refused_at_start(key, value, message):

@@ -85,11 +85,14 @@ class Evaluator:
       raise ValueError(f"{where}: {e}") from None
 
   def bits(self) -> int:
-    """The code length: the `bits` option, else `config.model.bits`; checked."""
-    bits = self.cfg.get("bits", self.ctx.config.model.bits)
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1:
-      where = f"config.evals.{self.name}.bits" if "bits" in self.cfg else "config.model.bits"
-      raise ValueError(f"{where} must be an integer >= 1; got {bits!r}")
+    """The code length: the `bits` option, else (absent or None) `config.model.bits`;
+    checked."""
+    own = self.cfg.get("bits") is not None
+    bits = self.cfg["bits"] if own else self.ctx.config.model.bits
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1 or bits % 8:
+      where = f"config.evals.{self.name}.bits" if own else "config.model.bits"
+      raise ValueError(f"{where} must be a positive multiple of 8 (codes are packed 8 bits a "
+                       f"byte); got {bits!r}")
     return int(bits)
 
   def sets(self) -> tuple[str, str]:
@@ -134,7 +137,8 @@ class Baseline(Evaluator):
     try:
       self.run(state, final=True)
     except ValueError as e:  # e.g. more bits than the view has dimensions
-      raise ValueError(f"config.evals.{self.name} ({type(self).__name__}): {e}") from None
+      hint = f"; set config.evals.{self.name}.bits" if "bits" in str(e) else ""
+      raise ValueError(f"config.evals.{self.name} ({type(self).__name__}): {e}{hint}") from None
 
   def run(self, state, final):
     del state, final
