@@ -281,6 +281,10 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   write_json(workdir / "results.json", results)  # before the figures: nothing lost
   try:
     _figures(workdir, config, data, method, evals, results, state)
+    # Recorded once all are drawn: a run stopped while drawing them lacks the key
+    # (rsh.reproduce evaluates such a run again rather than reuse it).
+    results["figures"] = sorted(p.name for p in workdir.glob("*.png"))
+    write_json(workdir / "results.json", results)
   except Exception as e:  # noqa: BLE001
     # A full disk or a plotting failure must not throw away an evaluation.
     log.warning("could not draw the figures in %s (%s: %s); results.json is written",

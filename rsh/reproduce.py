@@ -184,9 +184,12 @@ def check_flags() -> str:
   return configs[0].train.get("cpu_conv", "eigen")
 
 
-def figures_drawn(workdir: pathlib.Path) -> bool:
-  """A run draws its figures after writing results.json, map_vs_steps.png first
-  (rsh.experiment): a run stopped while drawing them has none, or an older one."""
+def figures_drawn(workdir: pathlib.Path, results: dict) -> bool:
+  """A run draws its figures after writing results.json, then lists them there
+  (`figures`, rsh.experiment): a run stopped while drawing them has no list (a
+  run from before the list: map_vs_steps.png, drawn first, is older or missing)."""
+  if "figures" in results:
+    return all((workdir / name).is_file() for name in results["figures"])
   fig = workdir / "map_vs_steps.png"
   return (fig.is_file() and fig.stat().st_size > 0
           and fig.stat().st_mtime >= (workdir / "results.json").stat().st_mtime)
@@ -201,7 +204,7 @@ def run_cell(name: str, bits: int, seed: int) -> dict:
     # Never reuse a run of another config (unless --allow_config_change).
     runs.check_workdir(config, workdir, _ALLOW_CHANGE.value)
     trained = max(r["step"] for r in done["history"])
-    if trained == config.train.num_steps and figures_drawn(workdir):
+    if trained == config.train.num_steps and figures_drawn(workdir, done):
       log.info("reusing %s", workdir)
       return done
     if trained == config.train.num_steps:  # its final checkpoint, evaluated again

@@ -2,6 +2,7 @@
 workdir is noticed (issue 30: pooling, code lengths, evaluator prechecks, the
 data fingerprint, `rsh.restore.load_run`'s checkpoint fallback)."""
 
+import json
 import math
 import pathlib
 import shutil
@@ -142,6 +143,8 @@ def test_data_changed_under_a_workdir_is_refused_naming_the_change(tmp_path, mon
   first = runs.run(_lsh_on(folder), workdir)
   recorded = fingerprint.read(workdir)
   assert recorded["rows"] == 12 and first["data_digest"] == recorded["digest"]
+  listed = json.loads((workdir / "results.json").read_text())["figures"]  # once all are drawn
+  assert "map_vs_steps.png" in listed and all((workdir / name).is_file() for name in listed)
   assert runs.run(_lsh_on(folder), workdir)["metrics"] == first["metrics"]  # same data: resumes
 
   shutil.copy(folder / "A" / "A_1.tif", folder / "A" / "A_7.tif")  # a file added
