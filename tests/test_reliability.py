@@ -5,6 +5,7 @@ data fingerprint, `rsh.restore.load_run`'s checkpoint fallback)."""
 import json
 import math
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -192,19 +193,31 @@ EUROSAT = ("uahm", "gan_ms", "gan_rgb", "dhnn_ms", "lsh", "itq")
 CROSSMODAL = ("crossmodal", "sscm", "duch")
 AWKWARD = ([(c, {"model.bits": b}) for c in EUROSAT + CROSSMODAL for b in (8, 256)]
            + [(c, ODD) for c in EUROSAT + CROSSMODAL]
-           + [(c, {"data.options.size": s}) for c in CROSSMODAL for s in (4, 5, 12, 24, 40)])
+           + [(c, {"data.options.size": s}) for c in CROSSMODAL for s in (3, 4, 5, 12, 24, 40, 60)])
 FAST = [("crossmodal", {"data.options.size": 12, "model.bits": 8, **ODD}),
         ("itq", {"model.bits": 256}), ("lsh", {"model.bits": 8, **ODD})]
+
+
+def _has(config, key: str) -> bool:
+  node = config
+  for part in key.split("."):
+    if not hasattr(node, "keys") or part not in node.keys():
+      return False
+    node = node[part]
+  return True
 
 
 def _finishes_or_is_refused_at_start(name, overrides, tmp_path, monkeypatch):
   monkeypatch.setenv("RSH_CACHE_DIR", str(tmp_path / "cache"))
   workdir = tmp_path / "w"
+  config = _config(f"configs/{name}.py:smoke", **overrides)
   try:
-    results = runs.run(_config(f"configs/{name}.py:smoke", **overrides), workdir)
+    results = runs.run(config, workdir)
   except ValueError as e:
-    assert any(key.rsplit(".", 1)[-1] in str(e) for key in overrides), e  # names the setting
     assert not workdir.exists(), f"refused after it started: {e}"
+    # It names the setting to change: one overridden, or a config key the user can set.
+    named = [k for k in re.findall(r"config\.([\w.]*\w)", str(e)) if _has(config, k)]
+    assert named or any(key.rsplit(".", 1)[-1] in str(e) for key in overrides), e
     return
   assert (workdir / "results.json").exists() and results["bits"] == overrides.get(
       "model.bits", results["bits"])
