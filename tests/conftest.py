@@ -122,3 +122,29 @@ def cli_main(*args: str, module: str = "rsh.main") -> CliResult:
 def run_cli():
   """`run_cli(*args, module="rsh.main") -> CliResult`: `cli_main`."""
   return cli_main
+
+
+# ----------------------------------------------------------------------------
+# Shared checks.
+
+
+def with_overrides(config, changes: dict):
+  """`config` with each dotted key of `changes` set (`{"train.num_steps": 2}`)."""
+  for key, value in changes.items():
+    *path, leaf = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def one_error_line(out: CliResult, *names) -> str:
+  """Exit code 2, no traceback, and one `error:` line that names each of `names`."""
+  assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+  assert "Traceback" not in out.stderr, out.stderr[-3000:]
+  lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1, out.stderr[-2000:]
+  for name in names:
+    assert name in lines[0], (name, lines[0])
+  return lines[0]

@@ -42,6 +42,7 @@ from rsh import shallow
 from rsh import train
 from rsh import workdir as rworkdir
 from rsh.data import cache as rcache
+from tests.conftest import one_error_line, with_overrides
 
 
 # ============================================================================
@@ -58,15 +59,7 @@ def _cli(*args, module="rsh.main", timeout=600):
                         text=True, timeout=timeout)
 
 
-def _one_error_line(out, *names):
-  """Exit 2, no traceback, and one `error:` line that names each culprit."""
-  assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
-  assert "Traceback" not in out.stderr, out.stderr[-3000:]
-  lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-  assert len(lines) == 1, out.stderr[-2000:]
-  for name in names:
-    assert name in lines[0], (name, lines[0])
-  return lines[0]
+_one_error_line = one_error_line
 
 
 # ----------------------------------------------------------------------------
@@ -168,14 +161,7 @@ def _toy_config(**changes):
   from tests.test_core import CONFIG
   spec = {}
   exec(CONFIG, spec)
-  config = spec["get_config"]()
-  for key, value in changes.items():
-    *path, leaf = key.split(".")
-    node = config
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return with_overrides(spec["get_config"](), changes)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import import_cli
+from tests.conftest import import_cli, one_error_line
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -196,15 +196,7 @@ def no_training(monkeypatch):
   monkeypatch.setattr(runs, "run", trained)
 
 
-def _refused(out, *names) -> str:
-  """Exit code 2, no traceback, and one `error:` line that names each of `names`."""
-  assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
-  assert "Traceback" not in out.stderr, out.stderr[-3000:]
-  lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-  assert len(lines) == 1, out.stderr[-2000:]
-  for name in names:
-    assert name in lines[0], (name, lines[0])
-  return lines[0]
+_refused = one_error_line  # exit 2, no traceback, one `error:` line naming each
 
 
 def _table_57_refused(tmp_path, run_cli, args, *names) -> str:

@@ -79,8 +79,9 @@ def changes(old: dict, new: dict) -> list[str]:
     if old.get(key) != new.get(key):
       out.append(f"{key} {old.get(key)} -> {new.get(key)}")
   if old.get("file_names") is not None and new.get("file_names") is not None:
-    gone = [f for f in old["file_names"] if f not in set(new["file_names"])]
-    came = [f for f in new["file_names"] if f not in set(old["file_names"])]
+    before, after = set(old["file_names"]), set(new["file_names"])
+    gone = [f for f in old["file_names"] if f not in after]
+    came = [f for f in new["file_names"] if f not in before]
     for sign, names in (("+", came), ("-", gone)):
       if names:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
