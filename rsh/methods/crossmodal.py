@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rsh import augment as raug
 from rsh import method as rmethod
 from rsh import losses as rlosses
 from rsh import update
@@ -70,18 +71,6 @@ def channel_stats(x: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarr
   mean = s / count
   std = np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
   return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
-
-
-def augment(x: jax.Array, rng: jax.Array, noise: float = 0.1) -> jax.Array:
-  """A random element of the dihedral group (flips, transpose) per image, plus
-  Gaussian noise of std `noise` (inputs are standardised): a second view."""
-  b = x.shape[0]
-  k_h, k_v, k_t, k_n = jax.random.split(rng, 4)
-  flag = lambda k: jax.random.bernoulli(k, 0.5, (b, 1, 1, 1))
-  x = jnp.where(flag(k_h), x[:, :, ::-1], x)
-  x = jnp.where(flag(k_v), x[:, ::-1], x)
-  x = jnp.where(flag(k_t), jnp.swapaxes(x, 1, 2), x)
-  return x + noise * jax.random.normal(k_n, x.shape, x.dtype)
 
 
 def build(config, data, terms=None) -> rmethod.Method:
@@ -160,7 +149,7 @@ def make_step(model, disc, bound, tx, mods, standardise, noise: float):
     def e_forward(params):
       out, new_stats = update.apply(model, params, enc.batch_stats, x)
       if needs_aug:
-        x_aug = {mod: augment(x[mod], jax.random.fold_in(k_aug, i), noise)
+        x_aug = {mod: raug.random_flips_noise(x[mod], jax.random.fold_in(k_aug, i), noise)
                  for i, mod in enumerate(mods)}
         out_aug, new_stats = update.apply(model, params, new_stats, x_aug)
         out.update({f"{k}_aug": v for k, v in out_aug.items()})
