@@ -120,7 +120,14 @@ def base(a, *, method: str, name: str, bands: str) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, num_steps=30_000, eval_every=2_500, checkpoint_every=500,
       log_every=50, progress=True,
-      cpu_conv="eigen"))  # XLA:CPU convolution kernels (rsh.platform.set_cpu_conv)
+      cpu_conv="eigen",  # XLA:CPU convolution kernels (rsh.platform.set_cpu_conv)
+      # Which training rows make a batch (rsh.data.samplers): uniform | two_class | pk.
+      sampler="uniform",
+      # two_class: n (the first class's images; None = 2/3 of the batch); pk: k
+      # (images per class; None = 4). Declared here so the command line may set them.
+      sampler_options=ml_collections.ConfigDict(dict(
+          n=ml_collections.FieldReference(None, field_type=int),
+          k=ml_collections.FieldReference(None, field_type=int)))))
   # Shared defaults of every evaluator (each may set its own k, n, pr_step).
   c.eval = ml_collections.ConfigDict(dict(k=100, n=20, pr_step=500))
   return c

@@ -177,7 +177,11 @@ def make_batch_fn(config, data: rdata.Prepared, method: rmethod.Method, ssm,
   """`batch_fn(step)`: the batch of a step, a pure function of it (exact resume):
   the method's batch views (default `x`, rows of `config.data.input`) and each
   batch input a bound term reads. The SSM is built now if a term reads it, not
-  in the first step; returns its wall time in `timings`."""
+  in the first step; returns its wall time in `timings`. `config.train.sampler`
+  (`rsh.data.samplers`, default uniform) picks the rows, checked first."""
+  positions = rdata.sampler(config.train.get("sampler", "uniform"),
+                            data.labels[data.split.train], size, config.seed,
+                            config.train.get("sampler_options"))
   keys = rlosses.input_keys(method.terms)
   inputs = {k: fn for k, fn in method.inputs().items() if k in keys}
   timings = {}
@@ -188,10 +192,9 @@ def make_batch_fn(config, data: rdata.Prepared, method: rmethod.Method, ssm,
   rows = {key: data.train_rows(view) for key, view in (
       method.batch_views or {"x": config.data.get("input")}).items()}
   source = rmethod.BatchSource(data, ssm)
-  n_train = len(data.split.train)
 
   def batch_fn(step: int) -> dict[str, np.ndarray]:
-    idx = rdata.batch_at(np.arange(n_train), size, config.seed, step)
+    idx = positions(step)
     return {**{key: x[idx] for key, x in rows.items()},
             **{k: fn(source, idx) for k, fn in inputs.items()}}
   return batch_fn, timings

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = ("train.num_steps", "train.eval_every", "train.log_every",
                      "train.checkpoint_every", "train.progress", "train.cpu_conv")
 RESUMABLE_PREFIXES = ("eval.", "evals.")
+# Keys added to every config after runs were made: absent from an older config.json,
+# they were this value (so an older workdir resumes unchanged).
+ADDED_DEFAULTS = {"train.sampler": "uniform"}
 
 
 class ConfigMismatchError(RuntimeError):
@@ -55,7 +58,7 @@ def check_workdir(config, workdir: pathlib.Path, allow_config_change: bool = Fal
   if not path.exists():
     return
   try:
-    old = _flatten(json.loads(path.read_text()))
+    old = {**ADDED_DEFAULTS, **_flatten(json.loads(path.read_text()))}
   except (ValueError, UnicodeDecodeError) as e:
     raise ConfigMismatchError(
         f"{path} is not valid JSON ({e}): the workdir's record of its config is damaged; "

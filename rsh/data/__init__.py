@@ -42,6 +42,11 @@ from rsh.data.split import paper_split
 from rsh.data.split import random_split
 from rsh.data.split import Split
 from rsh.data.split import steps_per_epoch
+from rsh.data.samplers import pk_batch
+from rsh.data.samplers import sampler
+from rsh.data.samplers import SAMPLERS
+from rsh.data.samplers import two_class_batch
+from rsh.data.samplers import uniform_batch
 from rsh.data.prepared import prepare
 from rsh.data.prepared import Prepared
 from rsh.data.prepared import DerivedView
