@@ -129,7 +129,8 @@ def _label_text(labels, names, width: int = 28) -> str:
 def retrievals(prepared, query_repr: np.ndarray, archive_repr: np.ndarray, path,
                binary: bool, max_classes: int = 10, top: int = 10, seed: int = 0,
                query: str = "query", archive: str = "archive",
-               query_view: str = "pixels", archive_view: str = "pixels") -> None:
+               query_view: str = "pixels", archive_view: str = "pixels",
+               leave_one_out: bool = False) -> None:
   """Top-10 retrievals of one random query per class (at most `max_classes`).
 
   Green frame = relevant: the query's class, or for multi-hot labels at least
@@ -138,7 +139,9 @@ def retrievals(prepared, query_repr: np.ndarray, archive_repr: np.ndarray, path,
   the seed, shows every class's behaviour rather than whichever few classes a
   random draw of queries happens to hit. `query` / `archive` name the sets of
   `prepared` the representations belong to, `query_view` / `archive_view` the
-  views they were encoded from (e.g. S1 queries, S2 archive).
+  views they were encoded from (e.g. S1 queries, S2 archive). `leave_one_out`:
+  the archive is the query set row for row, and a query is not shown among its
+  own retrievals.
   """
   from rsh import hamming, search
   rng = np.random.default_rng(seed)
@@ -152,13 +155,16 @@ def retrievals(prepared, query_repr: np.ndarray, archive_repr: np.ndarray, path,
     classes = np.unique(q_labels)[:max_classes]
     holders = lambda c: np.flatnonzero(q_labels == c)
   picks = np.array([rng.choice(holders(c)) for c in classes])
-  top = min(top, len(a_set))  # a tiny archive shows all of it
+  top = min(top, len(a_set) - leave_one_out)  # a tiny archive shows all of it
+  wanted = top + leave_one_out
   if binary:
     _, idx = search.search(hamming.pack_codes(query_repr[picks] >= 0),
-                           hamming.pack_codes(archive_repr >= 0), top)
+                           hamming.pack_codes(archive_repr >= 0), wanted)
   else:
-    _, idx = search.cosine_search(query_repr[picks], archive_repr, top)
+    _, idx = search.cosine_search(query_repr[picks], archive_repr, wanted)
   idx = np.asarray(idx)
+  if leave_one_out:  # each row without the query itself (else without its last)
+    idx = np.stack([np.concatenate([row[row != q], row])[:top] for row, q in zip(idx, picks)])
   labels, names = prepared.labels, prepared.class_names
   fig, axes = plt.subplots(len(picks), top + 1, figsize=(1.2 * (top + 1), 1.35 * len(picks)),
                            squeeze=False)

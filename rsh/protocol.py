@@ -14,7 +14,8 @@ sums), and the ends of the tie group that k cuts and of the Hamming ball (counts
 of the scores within those values, read off the first k ranks where the run ends
 there); MAP@all alone reads the positions of every relevant item. With integer
 labels the relevant items of a query are its class's archive size, counted once.
-All metrics then come from these small arrays at once.
+All metrics then come from these small arrays at once. Leave-one-out (a set queries
+itself) gives each query's own row a score worse than any item's: ranked last and cut off.
 Query blocks are ranked in threads (numpy releases the GIL) while XLA computes
 the next block's distances.
 """
@@ -57,10 +58,11 @@ def _labels(x, name: str, n: int) -> np.ndarray:
 
 
 def _check_settings(q: np.ndarray, na: int, k, n, distance: str, radius, pr_step, pr_cutoffs,
-                    map_modes):
-  """`evaluate`'s checked (k, n, radius, pr_step, map modes), in its order of checks."""
-  k = hamming.check_int(k, "k", "evaluate", 1, na, f"the archive ({na} items)")
-  n = hamming.check_int(n, "n", "evaluate", 1, na, f"the archive ({na} items)")
+                    map_modes, loo: bool = False):
+  """`evaluate`'s checked (k, n, radius, pr_step, map modes); `na`: items a query ranks."""
+  what = f"the archive ({na} items{', less the query itself: leave_one_out' if loo else ''})"
+  k = hamming.check_int(k, "k", "evaluate", 1, na, what)
+  n = hamming.check_int(n, "n", "evaluate", 1, na, what)
   # radius 0: exact-match codes; at most the code length (Hamming only).
   bits = 8 * q.shape[1] if distance == "hamming" else None
   radius = hamming.check_int(radius, "radius", "evaluate", 0, bits,
@@ -83,6 +85,16 @@ def _check_label_pair(query_labels, archive_labels, nq: int, na: int):
     raise ValueError(f"evaluate: `query_labels` {ql.shape} and `archive_labels` {al.shape} are "
                      "not the same kind (integer labels vs multi-hot)")
   return ql, al
+
+
+def _check_loo(leave_one_out, nq: int, na: int) -> bool:
+  """Leave-one-out needs the archive to be the query rows (their codes may be another view)."""
+  if not isinstance(leave_one_out, (bool, np.bool_)):
+    raise TypeError(f"evaluate: `leave_one_out` must be True or False; got {leave_one_out!r}")
+  if leave_one_out and na != nq:
+    raise ValueError(f"evaluate: leave_one_out=True ranks the query set against itself, but "
+                     f"`archive_codes` has {na} rows and `query_codes` {nq}")
+  return bool(leave_one_out)
 
 
 def _pr_cutoffs(pr_cutoffs, pr_step, n_archive: int) -> np.ndarray | None:
@@ -109,7 +121,7 @@ def _pr_cutoffs(pr_cutoffs, pr_step, n_archive: int) -> np.ndarray | None:
 class _Relevance:
   """Gains of archive items for blocks of queries, without the [nq, na] matrix."""
 
-  def __init__(self, ql: np.ndarray, al: np.ndarray):
+  def __init__(self, ql: np.ndarray, al: np.ndarray, loo: bool = False):
     self.multi = ql.ndim == 2
     if self.multi:
       if ql.shape[1] != al.shape[1]:
@@ -129,6 +141,8 @@ class _Relevance:
       # Relevant items per query: the archive size of its class (0 when absent).
       sizes = np.bincount(ids.ravel(), minlength=len(classes))
       self.n_rel = np.where(found, sizes[np.minimum(pos, len(classes) - 1)], 0).astype(np.int64)
+      if loo:  # the query's own row is not among its relevant items
+        self.n_rel -= self.small == self.qid
 
   def gains(self, rows: slice) -> np.ndarray:
     """uint8[b, na] gains in archive order (multi-label only)."""
@@ -156,13 +170,15 @@ class _Protocol:
   Blocks run in threads: numpy's sorts and gathers release the GIL.
   """
 
-  def __init__(self, rel, distance, k, n, cutoffs, modes, radius):
-    self.rel, self.distance = rel, distance
+  def __init__(self, rel, distance, k, n, cutoffs, modes, radius, loo=False):
+    self.rel, self.distance, self.loo = rel, distance, loo
     self.k, self.n, self.cutoffs, self.modes, self.radius = k, n, cutoffs, modes, radius
 
   def __call__(self, rows: slice, scores: np.ndarray) -> dict:
     k, top = self.k, max(self.k, self.n)
-    order = ranking.order(scores, self.distance)
+    if self.loo:  # each query's own row ranks last (see `_without_self`) and is cut off
+      scores = _without_self(scores, rows)
+    order = ranking.order(scores, self.distance)[:, :scores.shape[1] - self.loo]
     ranked_rel, ranked_gain = self.rel.ranked(rows, order)
     out = dict(rel_top=ranked_rel[:, :top].copy(),
                scores_top=np.take_along_axis(scores, order[:, :k], 1))
@@ -181,7 +197,8 @@ class _Protocol:
       out["radius_n"], out["radius_found"] = within, _prefix_count(ranked_rel, within)
     if ranked_gain is not None:
       out["gain_top"] = ranked_gain[:, :k].astype(np.int64)
-      out["ideal_top"] = -np.sort(-self.rel.gains(rows).astype(np.int64), axis=1)[:, :k]
+      # The best order of every item ranked (all but the query itself with leave-one-out).
+      out["ideal_top"] = np.sort(ranked_gain, axis=1)[:, ::-1][:, :k].astype(np.int64)
     return out
 
 
@@ -225,6 +242,16 @@ class _Protocol:
       out["pr_curve/recall"] = [float(v) for v in
                                 metrics.safe_div(r["found_cut"], n_rel[:, None]).mean(0)]
     return out
+
+
+def _without_self(scores: np.ndarray, rows: slice) -> np.ndarray:
+  """A copy of `scores` with query i's own row worse than any item: the dtype's largest
+  distance (above the code length: `hamming.distance_dtype`) or a cosine of -inf. Ranked
+  last, it is in no tie group, radius or cut-off <= na - 1; the rest keep their order."""
+  s = np.array(scores)
+  worst = np.iinfo(s.dtype).max if s.dtype.kind == "u" else -np.inf
+  s[np.arange(len(s)), np.arange(rows.start, rows.stop)] = worst
+  return s
 
 
 def _prefix_count(rel: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -291,7 +318,7 @@ def evaluate(query_codes, archive_codes, query_labels, archive_labels, k: int = 
              n: int = 20, *, distance: str = "hamming", class_names: Sequence[str] | None = None,
              pr_step: int | None = 500, pr_cutoffs=None,
              map_modes: Sequence[str] = ("thesis", "min_k_rel", "all", "hit_only"),
-             radius: int = 2, threads: int | None = None) -> dict:
+             radius: int = 2, threads: int | None = None, leave_one_out: bool = False) -> dict:
   """Scores a retrieval protocol: every metric of `rsh.metrics`' docstring.
 
   Args:
@@ -310,16 +337,23 @@ def evaluate(query_codes, archive_codes, query_labels, archive_labels, k: int = 
     radius: Hamming radius of `precision@r{radius}` (Hamming only), 0..l; 0 counts the
       exact-match codes.
     threads: numpy worker threads ranking query blocks (default: all usable cores).
+    leave_one_out: the archive is the query set, row for row (same labels; its codes may
+      come from another view): query i ranks it without row i, for every metric. k, n and
+      the PR cut-offs are then checked against na - 1.
 
   Returns:
     dict of python floats, and lists of floats for "pr_curve/*".
   """
   q, a = ranking.check_inputs(query_codes, archive_codes, distance, "evaluate")
-  k, n, radius, pr_step, modes = _check_settings(q, len(a), k, n, distance, radius, pr_step,
-                                                 pr_cutoffs, map_modes)
+  loo = _check_loo(leave_one_out, len(q), len(a))
+  k, n, radius, pr_step, modes = _check_settings(q, len(a) - loo, k, n, distance, radius,
+                                                 pr_step, pr_cutoffs, map_modes, loo)
   ql, al = _check_label_pair(query_labels, archive_labels, len(q), len(a))
-  cutoffs = _pr_cutoffs(pr_cutoffs, pr_step, len(a))
-  protocol = _Protocol(_Relevance(ql, al), distance, k, n, cutoffs, modes, radius)
+  if loo and not np.array_equal(ql, al):
+    raise ValueError("evaluate: leave_one_out=True needs `archive_labels` equal to "
+                     "`query_labels` row for row (the archive is the query set)")
+  cutoffs = _pr_cutoffs(pr_cutoffs, pr_step, len(a) - loo)
+  protocol = _Protocol(_Relevance(ql, al, loo), distance, k, n, cutoffs, modes, radius, loo)
   out = protocol.report(_rank_all(protocol, q, a, distance, threads), ql, class_names)
   return {key: (float(v) if np.ndim(v) == 0 else v) for key, v in out.items()}
 

@@ -36,6 +36,7 @@ class Evaluator:
   options: tuple[str, ...] = ()   # the subclass's own config keys
   COMMON = ("k", "n", "pr_step", "in_loop")
   needs_state = True   # False: its precheck (and run) ignore the state, so run before init
+  leave_one_out = False   # True: the query set ranks itself, each query without its own row
 
   def __init__(self, name: str, cfg: Mapping[str, Any], ctx: Context):
     self.name, self.cfg, self.ctx = name, dict(cfg), ctx
@@ -54,8 +55,10 @@ class Evaluator:
     return self.ctx.config.eval.get(key, default)
 
   def check_protocol(self, archive: str) -> None:
-    """k, n and pr_step against the archive they rank, before any training."""
-    size = len(self.ctx.data.indices(archive))
+    """k, n and pr_step against the archive they rank (less the query itself with
+    leave-one-out), before any training."""
+    size = len(self.ctx.data.indices(archive)) - self.leave_one_out
+    less = " less the query itself (leave_one_out)" if self.leave_one_out else ""
     for key, low in (("k", 1), ("n", 1), ("pr_step", 0)):  # pr_step 0: no PR curve
       value = self.option(key)
       where = f"config.evals.{self.name}.{key}" if key in self.cfg else f"config.eval.{key}"
@@ -65,7 +68,7 @@ class Evaluator:
         raise ValueError(f"{where} must be an integer >= {low}; got {value!r}")
       if key in ("k", "n") and value > size:
         raise ValueError(f"{where}={value} is larger than the archive {archive!r} of "
-                         f"config.evals.{self.name} ({size} images); lower it")
+                         f"config.evals.{self.name}{less} ({size} images); lower it")
 
   def precheck(self, state) -> None:
     """Called once with the initial state before training: refuse what would
@@ -96,13 +99,20 @@ class Evaluator:
     return int(bits)
 
   def sets(self) -> tuple[str, str]:
-    """The `query` and `archive` set names (default "query" / "archive"), checked."""
-    query, archive = self.cfg.get("query", "query"), self.cfg.get("archive", "archive")
+    """The `query` and `archive` set names (default "query" / "archive"; with leave-one-out
+    the archive is the query set), checked."""
+    query = self.cfg.get("query", "query")
+    archive = self.cfg.get("archive", query if self.leave_one_out else "archive")
     for key, s in (("query", query), ("archive", archive)):
       try:
         self.ctx.data.indices(s)
       except ValueError as e:
         raise ValueError(f"config.evals.{self.name}.{key}: {e}") from None
+    if self.leave_one_out and not np.array_equal(self.ctx.data.indices(query),
+                                                 self.ctx.data.indices(archive)):
+      raise ValueError(f"config.evals.{self.name}.archive={archive!r} is not the query set "
+                       f"{query!r}: leave_one_out ranks the query set against itself; drop "
+                       f"`archive` or set it to {query!r}")
     return query, archive
 
   def run(self, state, final: bool) -> dict[str, Any]:
@@ -114,12 +124,14 @@ class Evaluator:
 
 def protocol(ev: Evaluator, q, a, ql, al, final: bool, **kw) -> dict:
   """The retrieval protocol with the evaluator's k, n and pr_step (capped at the
-  archive given, so a precheck on a few rows runs the same path)."""
-  size = len(al)
+  archive given, less the query itself with leave-one-out, so a precheck on a few rows
+  runs the same path)."""
+  size = len(al) - ev.leave_one_out
   return rprotocol.evaluate(q, a, ql, al, k=min(int(ev.option("k")), size),
                             n=min(int(ev.option("n")), size),
                             pr_step=int(ev.option("pr_step") or 0),
-                            class_names=ev.ctx.data.class_names if final else None, **kw)
+                            class_names=ev.ctx.data.class_names if final else None,
+                            leave_one_out=ev.leave_one_out, **kw)
 
 
 class Baseline(Evaluator):

@@ -20,12 +20,20 @@ class Retrieval(base.Evaluator):
   method trains on); `query_input` / `archive_input` set one side each, e.g.
   S1 queries against an S2 archive. `prefix` goes before every metric name
   in results.json's `metrics` (needed when several retrieval entries run).
+  `leave_one_out=True`: the query set is the archive (`archive` defaults to it) and
+  each query ranks it without itself (the MiLAN / thesis ch. 4 protocol); same metric
+  names, k and n at most the set size - 1.
   """
   options = ("query", "archive", "codes", "vectors", "input", "query_input",
-             "archive_input", "prefix")
+             "archive_input", "prefix", "leave_one_out")
 
   def __init__(self, name, cfg, ctx):
     super().__init__(name, cfg, ctx)
+    self.leave_one_out = self.cfg.get("leave_one_out", False)
+    if not isinstance(self.leave_one_out, (bool, np.bool_)):
+      raise ValueError(f"config.evals.{name}.leave_one_out must be True or False; got "
+                       f"{self.leave_one_out!r}")
+    self.leave_one_out = bool(self.leave_one_out)
     self.query, self.archive = self.sets()
     self.codes, self.vectors = self.cfg.get("codes"), self.cfg.get("vectors")
     self.prefix = str(self.cfg.get("prefix", ""))
@@ -97,4 +105,5 @@ class Retrieval(base.Evaluator):
     plots.retrievals(self.ctx.data, q_out[key], a_out[key], workdir / f"retrievals{suffix}.png",
                      binary=bool(self.codes), seed=self.ctx.config.seed,
                      query=self.query, archive=self.archive,
-                     query_view=self.query_input, archive_view=self.archive_input)
+                     query_view=self.query_input, archive_view=self.archive_input,
+                     leave_one_out=self.leave_one_out)
