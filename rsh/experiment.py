@@ -49,6 +49,8 @@ __getattr__ = deprecation.moved(__name__, dict.fromkeys(
 def training_ssm(config, data: rdata.Prepared) -> tuple[np.ndarray, dict]:
   """The unsupervised SSM of the training set (thesis §5.2) as packed bits.
 
+  `config.ssm.spatial`: a backbone's features of the RGB bands, or one of its
+  views such as `efficientnet_lite0/dihedral_mean`, or "none".
   K1 and K2 are given for 5,000 training images (`config.ssm.n_ref`); smaller
   training sets scale them proportionally so each image keeps the same share
   of the set as neighbours.
@@ -60,7 +62,12 @@ def training_ssm(config, data: rdata.Prepared) -> tuple[np.ndarray, dict]:
   k2 = similarity.scale_k(int(c.k2), n, int(c.n_ref))
   images = np.asarray(rdata.normalise(data.images[idx], data.max_dn), np.float32)
   spatial = None
-  if c.spatial != "none":
+  if "/" in c.spatial:  # a backbone's augmented view, e.g. efficientnet_lite0/dihedral_mean
+    spatial = data.train_rows(c.spatial)
+    if spatial.ndim != 2:
+      raise ValueError(f"config.ssm.spatial={c.spatial!r} is a view of shape "
+                       f"{list(spatial.shape)}; the SSM needs one feature row per image")
+  elif c.spatial != "none":
     rgb = data.rgb(idx)
     if rgb is None:
       raise ValueError(f"config.ssm.spatial={c.spatial!r} needs the bands "

@@ -21,7 +21,11 @@ was 0.655 / 0.672 / 0.650 / 0.611 at gain 1 / 2 / 2.5 / 3.
 
 Precompute from the command line:
 
-    python -m rsh.features --backbone=efficientnet_lite0 --source=folder --dir=PATH
+    python -m rsh.features --backbone=efficientnet_lite0 --source=folder --dir=PATH [--dihedral]
+
+`--dihedral` (and the views `features/<backbone>/dihedral`, `.../dihedral_mean`
+of a prepared dataset) adds the features of the 8 dihedral transforms of every
+image (`dihedral_features`), each transform cached like any `extract` call.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from rsh import augment
 from rsh import data as rdata
 from rsh import weights as rweights
 from rsh.weights import convert
@@ -179,31 +184,67 @@ def extract(backbone: str, rgb: np.ndarray, *, batch_size: int = DEFAULT_BATCH_S
   return feats
 
 
-# ------------------------------------------------------- the data view it adds
+# ------------------------------------------------------- the data views it adds
 
-FEATURES = "features/"   # the view "features/<backbone>" of a prepared dataset
+FEATURES = "features/"   # the views "features/<backbone>[/<augmentation>]" of a prepared dataset
+# Views of the 8 dihedral transforms of every row (rotations x mirror, `rsh.augment`):
+# "<backbone>/dihedral" is f32[n, 8, d] (row i, transform k: the features of
+# augment.dihedral(image i, k)); "<backbone>/dihedral_mean" f32[n, d] their mean.
+DIHEDRAL, DIHEDRAL_MEAN = "dihedral", "dihedral_mean"
+AUGMENTED = (DIHEDRAL, DIHEDRAL_MEAN)
 
 
-def _view(prepared, backbone: str) -> np.ndarray:
-  """f32[n, d]: the backbone's features of every row's RGB bands (cached on disk)."""
+def view_names() -> tuple[str, ...]:
+  """The names after `FEATURES`: each backbone, and its augmented views."""
+  return tuple(f"{b}{s}" for b in BACKBONES for s in ("", *(f"/{a}" for a in AUGMENTED)))
+
+
+def dihedral_features(backbone: str, rgb: np.ndarray, **options) -> np.ndarray:
+  """f32[n, 8, d]: `extract` on each of the 8 dihedral transforms of `rgb`
+  (`rsh.augment.dihedral`, k = 0..7; k = 0 is `rgb` itself); each transform's
+  features are cached on disk like any `extract` call."""
+  if "cache_key" in options:
+    raise ValueError("dihedral_features keys each transform by its own bytes; no cache_key")
+  out = None
+  for k in range(augment.DIHEDRAL):
+    feats = extract(backbone, np.ascontiguousarray(augment.dihedral(rgb, k)), **options)
+    if out is None:
+      out = np.empty((len(feats), augment.DIHEDRAL, feats.shape[1]), np.float32)
+    out[:, k] = feats
+  return out
+
+
+def _parse(name: str) -> tuple[str, str]:
+  backbone, _, aug = name.partition("/")
+  return backbone, aug
+
+
+def _view(prepared, name: str) -> np.ndarray:
+  """A backbone's features of every row's RGB bands (cached on disk): f32[n, d],
+  or f32[n, 8, d] / their mean for the dihedral views."""
+  backbone, aug = _parse(name)
   rgb = prepared.rgb(np.arange(len(prepared.labels)))
   if rgb is None:
-    raise ValueError(f"the view {FEATURES}{backbone} needs the bands {' '.join(rdata.RGB)}; "
+    raise ValueError(f"the view {FEATURES}{name} needs the bands {' '.join(rdata.RGB)}; "
                      f"the data has {' '.join(prepared.dataset.band_names)}")
-  return extract(backbone, rgb, **prepared.feature_options)
+  if not aug:
+    return extract(backbone, rgb, **prepared.feature_options)
+  views = dihedral_features(backbone, rgb, **prepared.feature_options)
+  return views if aug == DIHEDRAL else views.mean(axis=1)
 
 
-def _check_view(prepared, backbone: str) -> None:
+def _check_view(prepared, name: str) -> None:
   """A backbone without packaged weights needs a file: refused at `prepare`."""
   if prepared.feature_options.get("weights"):
     return
+  backbone, _ = _parse(name)
   spec = rweights.get(backbone)
   if spec.default_path is None:
-    raise ValueError(f"the view {FEATURES}{backbone} needs {spec.title} weights: pass "
+    raise ValueError(f"the view {FEATURES}{name} needs {spec.title} weights: pass "
                      f"--config.data.weights=PATH, a {spec.what} state dict (.pth)")
 
 
-rdata.register_view(rdata.DerivedView(prefix=FEATURES, names=lambda: tuple(BACKBONES),
+rdata.register_view(rdata.DerivedView(prefix=FEATURES, names=view_names,
                                       compute=_view, check=_check_view))
 
 
@@ -221,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--gain", type=float, default=DEFAULT_GAIN)
   parser.add_argument("--n_per_class", type=int, default=None)
   parser.add_argument("--no_progress", action="store_true")
+  parser.add_argument("--dihedral", action="store_true",
+                      help="also the features of the 8 dihedral transforms (the views "
+                           "<backbone>/dihedral and <backbone>/dihedral_mean)")
   args = parser.parse_args(argv)
 
   try:
@@ -236,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     feats = extract(args.backbone, rgb, batch_size=args.batch_size, weights=args.weights,
                     gain=args.gain, cache_key=key, cache_dir=args.cache_dir,
                     progress=not args.no_progress)
+    if args.dihedral:
+      dihedral_features(args.backbone, rgb, batch_size=args.batch_size, weights=args.weights,
+                        gain=args.gain, cache_dir=args.cache_dir, progress=not args.no_progress)
     seconds = time.perf_counter() - start
   except (ValueError, FileNotFoundError) as e:
     # Bad input is the user's to fix: one clear line, no traceback.

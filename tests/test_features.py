@@ -116,6 +116,16 @@ def test_cli_on_demo_data(tmp_path, capsys):
   assert "from cache" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_cli_dihedral_caches_the_eight_transforms(tmp_path, capsys):
+  _data_layer()
+  args = ["--source=demo", "--n_per_class=1", "--batch_size=10", f"--cache_dir={tmp_path}",
+          "--no_progress", "--dihedral"]
+  assert features.main(args) == 0, capsys.readouterr()
+  assert len(list((tmp_path / "features").glob("*.npy"))) == 8   # k = 0 is the plain one
+  assert features.main(args) == 0 and "from cache" in capsys.readouterr().out
+
+
 def test_cli_data_errors_are_one_line(tmp_path, capsys):
   _data_layer()
   rc = features.main(["--source=folder", f"--dir={tmp_path / 'missing'}",

@@ -17,6 +17,7 @@ METHODS = {
     "lsh": "shallow:build_lsh",  # random hyperplanes (configs/lsh.py)
     "itq": "shallow:build_itq",  # PCA + iterative quantisation (configs/itq.py)
     "crossmodal": "crossmodal",  # S1 <-> S2 hashing (configs/crossmodal.py, sscm.py, duch.py)
+    "feature_hash": "feature_hash",  # a hashing MLP on frozen features (configs/ssm_hash.py)
 }
 
 

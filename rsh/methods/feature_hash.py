@@ -1,0 +1,156 @@
+"""A hashing MLP on a frozen features view (`configs/ssm_hash.py`; the shared
+network of the metric-learning family and of the thesis ch. 4).
+
+The batch holds `x`, rows of the features view `config.data.input`: f32[b, d]
+(e.g. `efficientnet_lite0`), or f32[b, v, d], v augmented views of each image
+(e.g. `efficientnet_lite0/dihedral`: the features of its 8 dihedral
+transforms, `rsh.features`), of which each step draws one per row: augmentation
+at no backbone cost. Inputs are standardised with the training rows' mean and
+std per feature (`config.model.standardise`, over every view) and, in training,
+get Gaussian noise of std `config.model.noise`.
+
+Network "hasher" (`config.losses.*.on`), `rsh.models.mlp.HashMLP` with
+`config.model.hidden`, `activation`, `output` (tanh | sigmoid | linear). Keys the
+terms read: `hash` (f32[b, l] in [-1, 1]; the code is its sign), `logits`,
+`sigmoid` (sigmoid head), and `hash_aug` / `logits_aug` / `sigmoid_aug`: a
+second independent draw of views and noise of the same rows, made only when a
+bound term reads one (e.g. NT-Xent between two views); plus the batch inputs
+(`similarity`: the training SSM, `labels`).
+
+Encoders: the training view's, and every other view of the same backbone
+(`features/<b>`, `<b>/dihedral_mean`, `<b>/dihedral`); a [n, v, d] view is
+encoded from the mean of its v features. A retrieval entry's `input` picks one.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsh import features as rfeatures
+from rsh import losses as rlosses
+from rsh import method as rmethod
+from rsh import update
+from rsh.models import mlp
+
+NETS = ("hasher",)
+
+
+def _rows(config, data) -> tuple[str, np.ndarray]:
+  view = data.view_name(config.data.get("input"))
+  x = data.train_rows(view)
+  if x.ndim not in (2, 3) or x.dtype.kind != "f":
+    raise ValueError(f"config.data.input={config.data.get('input')!r}: the feature-hashing "
+                     "method reads a features view, f32[n, d] or f32[n, v, d] (e.g. "
+                     f"efficientnet_lite0, efficientnet_lite0/dihedral); {view!r} is "
+                     f"{x.dtype}{list(x.shape)}")
+  return view, x
+
+
+def _model(config) -> mlp.HashMLP:
+  m = config.model
+  hidden = tuple(int(w) for w in m.get("hidden", (1024, 512)))
+  if any(w < 1 for w in hidden):
+    raise ValueError(f"config.model.hidden must be positive widths; got {hidden}")
+  for key, known in (("activation", tuple(mlp.ACTIVATIONS)), ("output", mlp.OUTPUTS)):
+    if m.get(key, known[0]) not in known:
+      raise ValueError(f"config.model.{key} must be one of {', '.join(known)}; "
+                       f"got {m.get(key)!r}")
+  return mlp.HashMLP(hidden=hidden, bits=rmethod.code_bits(config),
+                     activation=m.get("activation", "leaky_relu"), output=m.get("output", "tanh"))
+
+
+def _stats(x: np.ndarray, on: bool) -> tuple[np.ndarray, np.ndarray]:
+  flat = x.reshape(-1, x.shape[-1])
+  if not on:
+    return np.zeros(flat.shape[1], np.float32), np.ones(flat.shape[1], np.float32)
+  mean = flat.mean(0, dtype=np.float64)
+  std = flat.std(0, dtype=np.float64)
+  return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def related_views(data, view: str) -> tuple[str, ...]:
+  """`view` and the other views of the same backbone's features, where they exist."""
+  prefix = rfeatures.FEATURES
+  if not view.startswith(prefix):
+    return (view,)
+  backbone = view[len(prefix):].partition("/")[0]
+  names = [f"{prefix}{backbone}"] + [f"{prefix}{backbone}/{a}" for a in rfeatures.AUGMENTED]
+  known = set(data.view_names())
+  return tuple(dict.fromkeys([view] + [n for n in names if n in known]))
+
+
+def build(config, data, terms=None) -> rmethod.Method:
+  view, train_x = _rows(config, data)
+  model = _model(config)
+  bound = rlosses.bind(config.losses, nets=NETS, terms=terms)
+  mean, std = _stats(train_x, bool(config.model.get("standardise", True)))
+  noise = float(config.model.get("noise", 0.0))
+  if noise < 0:
+    raise ValueError(f"config.model.noise must be >= 0; got {noise}")
+  tx = update.optimizer(config.optim)
+  d = train_x.shape[-1]
+
+  def init(rng):
+    return update.TrainState.create(
+        {"hasher": update.init_net(model, tx, rng, jnp.zeros((2, d), jnp.float32))})
+
+  encode = make_encoder(model, mean, std, d)
+  return rmethod.Method(
+      init=init, step=make_step(model, bound, tx, mean, std, noise), encode=encode,
+      encoders={v: encode for v in related_views(data, view)}, terms=bound)
+
+
+def draw_inputs(x, rng, mean, std, noise: float):
+  """One training input per row: a random one of its v views (x f32[b, v, d]) or
+  the row itself (f32[b, d]), standardised, plus Gaussian noise of std `noise`."""
+  k_view, k_noise = jax.random.split(rng)
+  x = jnp.asarray(x, jnp.float32)
+  if x.ndim == 3:
+    pick = jax.random.randint(k_view, (x.shape[0],), 0, x.shape[1])
+    x = jnp.take_along_axis(x, pick[:, None, None], axis=1)[:, 0]
+  x = (x - mean) / std
+  return x + noise * jax.random.normal(k_noise, x.shape, x.dtype) if noise else x
+
+
+def make_step(model, bound, tx, mean, std, noise: float):
+  """The pure step: one update of the hasher on its bound terms."""
+  needs_aug = any(k.endswith("_aug") for k in rlosses.input_keys(bound))
+
+  def step(state: update.TrainState, batch, rng):
+    k_x, k_aug = jax.random.split(rng)
+    net = state.nets["hasher"]
+    x = draw_inputs(batch["x"], k_x, mean, std, noise)
+    x_aug = draw_inputs(batch["x"], k_aug, mean, std, noise) if needs_aug else None
+
+    def forward(params):
+      out = dict(model.apply({"params": params}, x, train=True))
+      if x_aug is not None:
+        out.update({f"{k}_aug": v for k, v in model.apply({"params": params}, x_aug,
+                                                          train=True).items()})
+      return out, net.batch_stats
+
+    new, metrics = update.update_net(net, tx, forward, bound["hasher"], batch, "hasher")
+    return update.TrainState(step=state.step + 1, nets={"hasher": new}), metrics
+
+  return step
+
+
+def make_encoder(model, mean, std, d: int) -> rmethod.Encode:
+  """{output: f32[n, ...]} of features rows f32[n, d] (or f32[n, v, d]: their mean)."""
+  forward = jax.jit(lambda params, x: model.apply({"params": params}, (x - mean) / std))
+
+  def encode(state, x) -> Mapping[str, np.ndarray]:
+    x = np.asarray(x, np.float32)
+    if x.ndim == 3:
+      x = x.mean(axis=1)
+    if x.ndim != 2 or x.shape[1] != d:
+      raise ValueError(f"the hashing MLP encodes features [n, {d}] (or [n, v, {d}]); got "
+                       f"rows of shape {list(x.shape)}")
+    params = state.nets["hasher"].params
+    return update.in_batches(lambda chunk: forward(params, chunk), x)
+
+  return encode
