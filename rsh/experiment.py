@@ -186,9 +186,9 @@ def make_batch_fn(config, data: rdata.Prepared, method: rmethod.Method, ssm,
   batch input a bound term reads. The SSM is built now if a term reads it, not
   in the first step; returns its wall time in `timings`. `config.train.sampler`
   (`rsh.data.samplers`, default uniform) picks the rows, checked first."""
-  positions = rdata.sampler(config.train.get("sampler", "uniform"),
-                            data.labels[data.split.train], size, config.seed,
-                            config.train.get("sampler_options"))
+  train = config.get("train") or {}   # a config from before the samplers: uniform
+  positions = rdata.sampler(train.get("sampler", "uniform"), data.labels[data.split.train],
+                            size, config.seed, train.get("sampler_options"))
   keys = rlosses.input_keys(method.terms)
   inputs = {k: fn for k, fn in method.inputs().items() if k in keys}
   timings = {}
