@@ -223,14 +223,15 @@ def _view(prepared, name: str) -> np.ndarray:
   """A backbone's features of every row's RGB bands (cached on disk): f32[n, d],
   or f32[n, 8, d] / their mean for the dihedral views."""
   backbone, aug = _parse(name)
+  if aug == DIHEDRAL_MEAN:  # from the dihedral view, held once by `prepared`
+    return prepared.view(f"{FEATURES}{backbone}/{DIHEDRAL}").mean(axis=1)
   rgb = prepared.rgb(np.arange(len(prepared.labels)))
   if rgb is None:
     raise ValueError(f"the view {FEATURES}{name} needs the bands {' '.join(rdata.RGB)}; "
                      f"the data has {' '.join(prepared.dataset.band_names)}")
-  if not aug:
-    return extract(backbone, rgb, **prepared.feature_options)
-  views = dihedral_features(backbone, rgb, **prepared.feature_options)
-  return views if aug == DIHEDRAL else views.mean(axis=1)
+  if aug == DIHEDRAL:
+    return dihedral_features(backbone, rgb, **prepared.feature_options)
+  return extract(backbone, rgb, **prepared.feature_options)
 
 
 def _check_view(prepared, name: str) -> None:

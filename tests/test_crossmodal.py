@@ -80,8 +80,8 @@ def test_one_modality_is_encoded_without_the_other():
   from rsh.models import crossmodal as cm
   model = cm.CrossModalHasher(("s1", "s2"), int(config.model.bits), tuple(config.model.widths),
                               int(config.model.feature_dim))
-  mean1, std1 = method.channel_stats(data.train_rows("s1"))
-  mean2, std2 = method.channel_stats(data.train_rows("pixels"))
+  mean1, std1 = rdata.channel_stats(data.train_rows("s1"))
+  mean2, std2 = rdata.channel_stats(data.train_rows("pixels"))
   joint = model.apply({"params": e.params, "batch_stats": e.batch_stats},
                       {"s1": (s1 - mean1) / std1, "s2": (s2 - mean2) / std2}, train=False)
   np.testing.assert_allclose(alone["hash"], joint["s1_hash"], atol=1e-5)

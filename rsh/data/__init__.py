@@ -8,6 +8,7 @@ Depends on nothing else in rsh.
 
 from rsh.data.bands import BANDS
 from rsh.data.bands import band_indices
+from rsh.data.bands import channel_stats
 from rsh.data.bands import DataError
 from rsh.data.bands import EUROSAT_BANDS
 from rsh.data.bands import MAX_DN

@@ -149,3 +149,16 @@ def to_signed(x):
   out *= 2
   out -= 1
   return out
+
+
+def channel_stats(x: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std (float64 accumulation, std at least 1e-6) of f32[n, ..., c],
+  e.g. the training rows a method standardises its inputs with."""
+  c = x.shape[-1]
+  s, s2, count = np.zeros(c), np.zeros(c), 0
+  for i in range(0, len(x), chunk):
+    v = np.asarray(x[i:i + chunk], np.float64).reshape(-1, c)
+    s, s2, count = s + v.sum(0), s2 + np.square(v).sum(0), count + len(v)
+  mean = s / count
+  std = np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
+  return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsh import augment as raug
+from rsh import data as rdata
 from rsh import method as rmethod
 from rsh import losses as rlosses
 from rsh import update
@@ -61,18 +62,6 @@ def modalities(config, data) -> dict[str, str]:
   return {str(m): data.view_name(v) for m, v in dict(inputs).items()}
 
 
-def channel_stats(x: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean and std (float64 accumulation) of f32[n, h, w, c]."""
-  c = x.shape[-1]
-  s, s2, count = np.zeros(c), np.zeros(c), 0
-  for i in range(0, len(x), chunk):
-    v = np.asarray(x[i:i + chunk], np.float64).reshape(-1, c)
-    s, s2, count = s + v.sum(0), s2 + np.square(v).sum(0), count + len(v)
-  mean = s / count
-  std = np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
-  return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
-
-
 def build(config, data, terms=None) -> rmethod.Method:
   views = modalities(config, data)
   mods = tuple(views)
@@ -88,7 +77,7 @@ def build(config, data, terms=None) -> rmethod.Method:
     if x.ndim != 4 or x.shape[1] != x.shape[2]:
       raise ValueError(f"modality {mod!r} (view {views[mod]!r}) must be square images "
                        f"[n, h, h, c] for the CNN encoder, got {list(x.shape)}")
-  stats = {mod: channel_stats(x) for mod, x in train_rows.items()}
+  stats = {mod: rdata.channel_stats(x) for mod, x in train_rows.items()}
   tx = update.optimizer(config.optim)
 
   def standardise(mod, x):

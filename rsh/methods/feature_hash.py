@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rsh import data as rdata
 from rsh import features as rfeatures
 from rsh import losses as rlosses
 from rsh import method as rmethod
@@ -63,15 +64,6 @@ def _model(config) -> mlp.HashMLP:
                      activation=m.get("activation", "leaky_relu"), output=m.get("output", "tanh"))
 
 
-def _stats(x: np.ndarray, on: bool) -> tuple[np.ndarray, np.ndarray]:
-  flat = x.reshape(-1, x.shape[-1])
-  if not on:
-    return np.zeros(flat.shape[1], np.float32), np.ones(flat.shape[1], np.float32)
-  mean = flat.mean(0, dtype=np.float64)
-  std = flat.std(0, dtype=np.float64)
-  return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
-
-
 def related_views(data, view: str) -> tuple[str, ...]:
   """`view` and the other views of the same backbone's features, where they exist."""
   prefix = rfeatures.FEATURES
@@ -87,12 +79,13 @@ def build(config, data, terms=None) -> rmethod.Method:
   view, train_x = _rows(config, data)
   model = _model(config)
   bound = rlosses.bind(config.losses, nets=NETS, terms=terms)
-  mean, std = _stats(train_x, bool(config.model.get("standardise", True)))
+  d = train_x.shape[-1]
+  mean, std = (rdata.channel_stats(train_x) if config.model.get("standardise", True) else
+               (np.zeros(d, np.float32), np.ones(d, np.float32)))
   noise = float(config.model.get("noise", 0.0))
   if noise < 0:
     raise ValueError(f"config.model.noise must be >= 0; got {noise}")
   tx = update.optimizer(config.optim)
-  d = train_x.shape[-1]
 
   def init(rng):
     return update.TrainState.create(
