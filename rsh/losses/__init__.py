@@ -6,6 +6,8 @@ Two layers:
        `adversarial`  generator / discriminator GAN losses, gradient penalty;
        `hashing`      binary (eq. 5.5), quantisation, bit balance;
        `contrastive`  NT-Xent, InfoNCE, angular, intra-modal top-k;
+       `metric`       triplets: given, stacked (MiLAN), batch-hard, batch-all,
+                      semi-hard; MiLAN's push and code balance;
        `pairwise`     label similarity, pairwise likelihood, semantic (eq. 5.6).
   2. Terms bound to their inputs by the config (kauldron's keyed losses):
        config.losses.semantic = dict(weight=0.1, on="discriminator",
@@ -27,8 +29,11 @@ Keys the built-in terms read by default (`LOSSES`):
     real_hash:  f32[b, l]   D's tanh code H(x) of the real images;
     similarity: i8[b, b]    SSM block of the batch, +-1 (a batch input).
   Generic terms:
-    hash:       f32[b, l]   tanh codes (quantisation, bit_balance);
-    labels:     [b, c]      multi-hot labels, a batch input (pairwise);
+    hash:       f32[b, l]   tanh codes (quantisation, bit_balance), or any codes
+                            (triplet, batch_hard, batch_all, semi_hard);
+    sigmoid:    f32[b, l]   sigmoid codes in [0, 1] (MiLAN's push, balance);
+    labels:     [b, c]      multi-hot labels, a batch input (pairwise; the
+                            metric terms also take int[b] class ids);
     grad_norms: f32[b]      norms of D's input gradients (gradient_penalty).
   No default, so the config names them: pairwise's codes_a / codes_b,
   nt_xent's, infonce's and angular's a / b, intra_topk's x (which codes or
@@ -55,16 +60,21 @@ from rsh.losses.adversarial import (discriminator_adversarial_loss, generator_ad
                                     gradient_penalty_loss)
 from rsh.losses.contrastive import angular_loss, infonce_loss, intra_topk_loss, nt_xent_loss
 from rsh.losses.hashing import binary_loss, bit_balance_loss, quantisation_loss
+from rsh.losses.metric import (batch_all_loss, batch_hard_loss, code_balance_loss,
+                               pairwise_distances, positive_mask, push_loss, semi_hard_loss,
+                               stacked_triplet_loss, triplet_loss)
 from rsh.losses.pairwise import label_similarity, pairwise_similarity_loss, semantic_loss
 
 Array = jax.Array
 
 __all__ = [
-    "Bound", "LOSSES", "MissingInputError", "Term", "angular_loss", "as_term", "bind",
-    "binary_loss", "bit_balance_loss", "discriminator_adversarial_loss",
-    "generator_adversarial_loss", "gradient_penalty_loss", "infonce_loss", "input_keys",
-    "intra_topk_loss", "label_similarity", "nt_xent_loss", "pairwise_similarity_loss",
-    "quantisation_loss", "resolve", "semantic_loss", "total_loss",
+    "Bound", "LOSSES", "MissingInputError", "Term", "angular_loss", "as_term",
+    "batch_all_loss", "batch_hard_loss", "bind", "binary_loss", "bit_balance_loss",
+    "code_balance_loss", "discriminator_adversarial_loss", "generator_adversarial_loss",
+    "gradient_penalty_loss", "infonce_loss", "input_keys", "intra_topk_loss",
+    "label_similarity", "nt_xent_loss", "pairwise_distances", "pairwise_similarity_loss",
+    "positive_mask", "push_loss", "quantisation_loss", "resolve", "semantic_loss",
+    "semi_hard_loss", "stacked_triplet_loss", "total_loss", "triplet_loss",
 ]
 
 
@@ -108,6 +118,14 @@ LOSSES: Mapping[str, Term] = types.MappingProxyType({
     "angular": Term(angular_loss, {"a": None, "b": None}),
     "intra_topk": Term(intra_topk_loss, {"x": None}),
     "gradient_penalty": Term(gradient_penalty_loss, {"grad_norms": "grad_norms"}),
+    # Metric learning (MiLAN, thesis ch. 4): triplet terms on the codes, the
+    # code-shape terms on the sigmoid outputs.
+    "triplet": Term(stacked_triplet_loss, {"codes": "hash"}),
+    "batch_hard": Term(batch_hard_loss, {"codes": "hash", "labels": "labels"}),
+    "batch_all": Term(batch_all_loss, {"codes": "hash", "labels": "labels"}),
+    "semi_hard": Term(semi_hard_loss, {"codes": "hash", "labels": "labels"}),
+    "push": Term(push_loss, {"codes": "sigmoid"}),
+    "balance": Term(code_balance_loss, {"codes": "sigmoid"}),
 })
 
 

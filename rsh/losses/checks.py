@@ -35,3 +35,10 @@ def check_same(where: str, axis: int, what: str, **arrays: Array) -> None:
   if len(set(sizes.values())) > 1:
     shapes = ", ".join(f"{name} {tuple(jnp.shape(x))}" for name, x in arrays.items())
     raise ValueError(f"{where}: {', '.join(arrays)} must have the same {what}, got {shapes}")
+
+
+def l2_normalise(x: Array, eps: float = 1e-8) -> Array:
+  """Rows of x / max(||x||, eps) (torch's F.normalize): a zero row stays zero and
+  its gradient stays finite (the max picks the constant, whose gradient is 0)."""
+  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))

@@ -20,15 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from rsh.losses.checks import HIGHEST, check_rank2, check_same
+from rsh.losses.checks import l2_normalise as _normalise
 
 Array = jax.Array
-
-
-def _normalise(x: Array, eps: float = 1e-8) -> Array:
-  """Rows of x / max(||x||, eps) (torch's F.normalize): a zero row stays zero and
-  its gradient stays finite (the max picks the constant, whose gradient is 0)."""
-  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
 def _cosine(a: Array, b: Array) -> Array:
