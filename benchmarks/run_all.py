@@ -45,6 +45,7 @@ def commands(full: bool, torch: bool) -> dict[str, list[str]]:
       "ssm": ["ssm.py", "--repeats=1"] + (["--large_dims=1280,7168"] if full
                                           else ["--n=2000", "--large_dims=1280"]),
       "features": ["features.py", "--n=256", "--batch_sizes=64", "--repeats=1"],
+      "frozen_backbone": ["frozen_backbone.py", "--steps=5" if full else "--steps=2"],
   }
 
 
@@ -85,6 +86,11 @@ def headline(name: str, r: dict) -> list[tuple[str, str, str]]:
     for key, value in r.items():
       if key.endswith("_img_per_s"):
         rows.append((f"features {r['backbone']} {key[:-10]}, img/s", f"{value:.1f}", "-"))
+  elif name == "frozen_backbone":
+    rows.append((f"feature-hash step, frozen backbone in the step (b{r['backbone_batch']}), "
+                 "img/s", f"{r['backbone_img_per_s']:.1f}", "1.00x"))
+    rows.append((f"feature-hash step, cached dihedral views (b{r['cached_batch']}), img/s",
+                 f"{r['cached_img_per_s']:.1f}", f"{r['cached_vs_backbone']:.0f}x backbone"))
   return rows
 
 

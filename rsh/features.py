@@ -87,16 +87,17 @@ def cache_path(backbone: str, data_key: str, *, weights: str | os.PathLike | Non
   return root / "features" / f"{spec.name}-{digest}.npy"
 
 
-@functools.lru_cache(maxsize=None)
-def _forward_fn(name: str, gain: float):
-  """The jitted (variables, rgb f32[b, h, w, 3] in [0, 1]) -> f32[b, d] of a backbone."""
+def backbone_forward(name: str, gain: float = DEFAULT_GAIN):
+  """The pure (variables, rgb f32[b, h, w, 3] in [0, 1]) -> f32[b, d] of a backbone,
+  unjitted: `extract`'s preprocessing (gain, clip, resize to the input size,
+  ImageNet normalisation) and the eval-mode forward pass to the penultimate layer.
+  A jitted step may call it on augmented images (`rsh.frozen`)."""
   spec = BACKBONES[name]
   model = spec.make_model()
   mean = jnp.asarray(spec.mean, jnp.float32)
   std = jnp.asarray(spec.std, jnp.float32)
   size = spec.input_size
 
-  @jax.jit
   def forward(variables, rgb):
     x = jnp.clip(rgb * gain, 0.0, 1.0)
     x = jax.image.resize(x, (x.shape[0], size, size, 3), method="bilinear")
@@ -104,6 +105,12 @@ def _forward_fn(name: str, gain: float):
     return model.apply(variables, x, method=model.features)
 
   return forward
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_fn(name: str, gain: float):
+  """`backbone_forward`, jitted once per (backbone, gain)."""
+  return jax.jit(backbone_forward(name, gain))
 
 
 def _compute(name: str, variables, rgb: np.ndarray, *, batch_size: int, gain: float,

@@ -118,6 +118,13 @@ def cli_main(*args: str, module: str = "rsh.main") -> CliResult:
   return CliResult(code, out.getvalue(), err.getvalue())
 
 
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory):
+  """One RSH_CACHE_DIR for the tests that run the real backbone on the same smoke
+  data (configs/milan.py, the frozen backbone): its features are computed once."""
+  return tmp_path_factory.mktemp("feature_cache")
+
+
 @pytest.fixture
 def run_cli():
   """`run_cli(*args, module="rsh.main") -> CliResult`: `cli_main`."""

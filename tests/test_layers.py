@@ -26,6 +26,7 @@ LAYERS = (
     ("similarity", ("rsh.similarity",)),
     ("derived views", ("rsh.features",)),
     ("updates", ("rsh.update",)),
+    ("in-step backbones", ("rsh.frozen",)),
     ("loop services", ("rsh.sharding", "rsh.checkpoints", "rsh.histories")),
     ("loop", ("rsh.train",)),
     ("figures", ("rsh.plots",)),

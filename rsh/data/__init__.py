@@ -48,6 +48,7 @@ from rsh.data.samplers import sampler
 from rsh.data.samplers import SAMPLERS
 from rsh.data.samplers import two_class_batch
 from rsh.data.samplers import uniform_batch
+from rsh.data.prepared import PIXELS
 from rsh.data.prepared import prepare
 from rsh.data.prepared import Prepared
 from rsh.data.prepared import DerivedView

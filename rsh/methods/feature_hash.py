@@ -20,6 +20,15 @@ bound term reads one (e.g. NT-Xent between two views); plus the batch inputs
 Encoders: the training view's, and every other view of the same backbone
 (`features/<b>`, `<b>/dihedral_mean`, `<b>/dihedral`); a [n, v, d] view is
 encoded from the mean of its v features. A retrieval entry's `input` picks one.
+
+The frozen backbone in the step (`config.model.backbone`, e.g.
+"efficientnet_lite0", with `config.data.input = "pixels"`): the batch holds
+images; each step draws random augmentations of their RGB bands
+(`config.model.augment`: crop, per-band gain, dihedral; `rsh.frozen`), runs the
+backbone on them (network "backbone", no optimiser state, never updated), and
+trains the hasher on those features, standardised with the cached features
+view's statistics. Encoders: pixels (through the backbone) and the backbone's
+cached views (the same features of unaugmented images, fast).
 """
 
 from __future__ import annotations
@@ -32,9 +41,11 @@ import numpy as np
 
 from rsh import data as rdata
 from rsh import features as rfeatures
+from rsh import frozen
 from rsh import losses as rlosses
 from rsh import method as rmethod
 from rsh import update
+from rsh import weights as rweights
 from rsh.models import mlp
 
 NETS = ("hasher",)
@@ -75,26 +86,89 @@ def related_views(data, view: str) -> tuple[str, ...]:
   return tuple(dict.fromkeys([view] + [n for n in names if n in known]))
 
 
+def _stats(config, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  d = x.shape[-1]
+  if config.model.get("standardise", True):
+    return rdata.channel_stats(x)
+  return np.zeros(d, np.float32), np.ones(d, np.float32)
+
+
+def _noise(config) -> float:
+  noise = float(config.model.get("noise", 0.0))
+  if noise < 0:
+    raise ValueError(f"config.model.noise must be >= 0; got {noise}")
+  return noise
+
+
 def build(config, data, terms=None) -> rmethod.Method:
+  if config.model.get("backbone"):
+    return _build_backbone(config, data, terms)
   view, train_x = _rows(config, data)
   model = _model(config)
   bound = rlosses.bind(config.losses, nets=NETS, terms=terms)
   d = train_x.shape[-1]
-  mean, std = (rdata.channel_stats(train_x) if config.model.get("standardise", True) else
-               (np.zeros(d, np.float32), np.ones(d, np.float32)))
-  noise = float(config.model.get("noise", 0.0))
-  if noise < 0:
-    raise ValueError(f"config.model.noise must be >= 0; got {noise}")
+  mean, std = _stats(config, train_x)
+  noise = _noise(config)
   tx = update.optimizer(config.optim)
 
   def init(rng):
     return update.TrainState.create(
         {"hasher": update.init_net(model, tx, rng, jnp.zeros((2, d), jnp.float32))})
 
+  inputs = lambda nets, x, rng: draw_inputs(x, rng, mean, std, noise)
   encode = make_encoder(model, mean, std, d)
   return rmethod.Method(
-      init=init, step=make_step(model, bound, tx, mean, std, noise), encode=encode,
+      init=init, step=make_step(model, bound, tx, inputs), encode=encode,
       encoders={v: encode for v in related_views(data, view)}, terms=bound)
+
+
+def _build_backbone(config, data, terms) -> rmethod.Method:
+  """The hasher on a frozen backbone's features of randomly augmented images."""
+  name = str(config.model.backbone)
+  if data.view_name(config.data.get("input")) != rdata.PIXELS:
+    raise ValueError(f"config.model.backbone={name!r} runs the backbone on the images: set "
+                     f"config.data.input='pixels' (it is {config.data.get('input')!r}), or "
+                     "config.model.backbone=None to train on a cached features view")
+  missing = [b for b in rdata.RGB if b not in data.band_names]
+  if missing:
+    raise ValueError(f"config.model.backbone={name!r} needs the bands {' '.join(rdata.RGB)}; "
+                     f"config.data.bands has {' '.join(data.band_names)}")
+  rgb_bands = np.asarray(rdata.band_indices(data.band_names, rdata.RGB))
+  size = int(data.images.shape[1])
+  aug = frozen.augmentation(config.model.get("augment"), size)
+  backbone = frozen.Backbone(name)
+  feature_view = data.view_name(name)  # the cached features: statistics and fast encoders
+  mean, std = _stats(config, data.train_rows(feature_view))
+  noise = _noise(config)
+  model = _model(config)
+  bound = rlosses.bind(config.losses, nets=NETS, terms=terms)
+  tx = update.optimizer(config.optim)
+  d = backbone.feature_dim
+  variables = rweights.load_pretrained(name, data.feature_options.get("weights"))
+
+  def init(rng):
+    return update.TrainState.create(
+        {"hasher": update.init_net(model, tx, rng, jnp.zeros((2, d), jnp.float32)),
+         "backbone": frozen.frozen_net(variables)})
+
+  rgb = lambda x: (jnp.asarray(x, jnp.float32)[..., rgb_bands] + 1.0) / 2.0  # signed -> [0, 1]
+
+  def inputs(nets, x, rng):
+    k_aug, k_noise = jax.random.split(rng)
+    f = (backbone(nets["backbone"], frozen.augment_rgb(rgb(x), k_aug, aug)) - mean) / std
+    return f + noise * jax.random.normal(k_noise, f.shape, f.dtype) if noise else f
+
+  forward = jax.jit(lambda nets, x: model.apply(
+      {"params": nets["hasher"].params}, (backbone(nets["backbone"], rgb(x)) - mean) / std))
+
+  def encode_pixels(state, x) -> Mapping[str, np.ndarray]:
+    return update.in_batches(lambda chunk: forward(state.nets, chunk), np.asarray(x), 64)
+
+  encode_features = make_encoder(model, mean, std, d)
+  encoders = {v: encode_features for v in related_views(data, feature_view)}
+  return rmethod.Method(init=init, step=make_step(model, bound, tx, inputs),
+                        encode=encode_pixels, encoders={rdata.PIXELS: encode_pixels, **encoders},
+                        terms=bound)
 
 
 def draw_inputs(x, rng, mean, std, noise: float):
@@ -109,15 +183,18 @@ def draw_inputs(x, rng, mean, std, noise: float):
   return x + noise * jax.random.normal(k_noise, x.shape, x.dtype) if noise else x
 
 
-def make_step(model, bound, tx, mean, std, noise: float):
-  """The pure step: one update of the hasher on its bound terms."""
+def make_step(model, bound, tx, inputs):
+  """The pure step: one update of the hasher on its bound terms. `inputs(nets, x,
+  rng) -> f32[b, d]` makes the hasher's training inputs from the batch's `x`
+  (a random view of cached features, or a frozen backbone on augmented images);
+  every other network of the state is passed through unchanged."""
   needs_aug = any(k.endswith("_aug") for k in rlosses.input_keys(bound))
 
   def step(state: update.TrainState, batch, rng):
     k_x, k_aug = jax.random.split(rng)
     net = state.nets["hasher"]
-    x = draw_inputs(batch["x"], k_x, mean, std, noise)
-    x_aug = draw_inputs(batch["x"], k_aug, mean, std, noise) if needs_aug else None
+    x = inputs(state.nets, batch["x"], k_x)
+    x_aug = inputs(state.nets, batch["x"], k_aug) if needs_aug else None
 
     def forward(params):
       out = dict(model.apply({"params": params}, x, train=True))
@@ -127,7 +204,7 @@ def make_step(model, bound, tx, mean, std, noise: float):
       return out, net.batch_stats
 
     new, metrics = update.update_net(net, tx, forward, bound["hasher"], batch, "hasher")
-    return update.TrainState(step=state.step + 1, nets={"hasher": new}), metrics
+    return update.TrainState(step=state.step + 1, nets={**state.nets, "hasher": new}), metrics
 
   return step
 
