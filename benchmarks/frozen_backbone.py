@@ -40,7 +40,7 @@ def _config(views: str, mode: str, batch: int):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config(f"demo,mode={mode},views={views},bits=64")
-  c.data.n_per_class = 2   # the data only sizes the method; batches are random
+  c.data.n_per_class, c.data.n_query = 3, 1   # the data only sizes the method; batches are random
   c.train.batch_size = batch
   return c
 
