@@ -87,7 +87,8 @@ def test_load_run_names_the_workdir_when_there_is_nothing_to_load(tmp_path):
 
 def test_load_run_asks_for_the_terms_a_run_was_trained_with(tmp_path):
   config = restore.config_from_file(SMOKE)
-  config.losses.balance = dict(weight=0.5, on="discriminator", codes="real_hash")
+  config.losses.my_term = dict(  # a term no registry knows
+      weight=0.5, on="discriminator", codes="real_hash")
   experiment.write_json(tmp_path / "config.json", runs.config_to_dict(config))
   (tmp_path / "checkpoints" / "4").mkdir(parents=True)
   with pytest.raises(ValueError, match=r"pass them again: restore.load_run\(workdir, terms="):
