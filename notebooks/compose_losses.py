@@ -139,12 +139,13 @@ print("one code for every image:", float(bit_balance(jnp.ones((8, 16)))))
 
 # %% [markdown]
 # It joins the discriminator's objective by one more config entry, reading the codes
-# of the real images. Passing `terms={"balance": bit_balance}` tells the binder
-# what `balance` is; nothing global changes. Binding again shows the new sum.
+# of the real images. Passing `terms={"my_balance": bit_balance}` tells the binder
+# what `my_balance` is; nothing global changes (a name already registered, such as
+# MiLAN's `balance`, would be replaced for this binding only). Binding again shows the new sum.
 
 # %%
-TERMS = {"balance": bit_balance}
-config.losses.balance = dict(weight=BALANCE_WEIGHT, on="discriminator", codes="real_hash")
+TERMS = {"my_balance": bit_balance}
+config.losses.my_balance = dict(weight=BALANCE_WEIGHT, on="discriminator", codes="real_hash")
 for net, terms in rlosses.bind(config.losses, nets=("discriminator", "generator"),
                                terms=TERMS).items():
     print(net, "=", " + ".join(f"{b.weight:g} * {b.name}" for b in terms))
@@ -177,7 +178,7 @@ print(runs.summary_line(results))
 #
 # `train_history.jsonl` has one row every `log_every` steps with each term's
 # unweighted value at that step (`d/<term>`, `g/<term>`; `d_loss` / `g_loss` are the
-# weighted sums). The new `balance` term is there beside the built-in ones.
+# weighted sums). The new `my_balance` term is there beside the built-in ones.
 # `eval_history.jsonl` has the same columns (as `train/...`) at each evaluation.
 
 # %%
@@ -186,7 +187,7 @@ from rsh import histories
 curve = histories.read_train_history(WORKDIR)
 steps = [r["step"] for r in curve]
 term_keys = sorted({k for r in curve for k in r if k.startswith(("d/", "g/"))})
-assert "d/balance" in term_keys, term_keys
+assert "d/my_balance" in term_keys, term_keys
 print(len(curve), "rows; terms:", term_keys)
 history = sorted(results["history"], key=lambda r: r["step"])  # one row per evaluation
 
@@ -225,7 +226,7 @@ save_and_show(fig, "map_curve.png");
 
 final = results["history"][-1]
 print(f"final MAP@{k}: {results['metrics'][f'map@{k}']:.4f}; "
-      f"balance term at the last step: {final['train/d/balance']:.4f}")
+      f"balance term at the last step: {final['train/d/my_balance']:.4f}")
 
 # %% [markdown]
 # To see what the new term does, run the notebook again with another workdir and

@@ -173,13 +173,13 @@ def test_each_notebook_matches_its_percent_script():
 def test_compose_losses_notebook(tmp_path, monkeypatch):
   _, text = _execute("compose_losses.ipynb", tmp_path, monkeypatch, config=SMOKE, steps=4)
   _figures(tmp_path, "loss_terms.png", "map_curve.png")
-  assert "'d/balance'" in text
+  assert "'d/my_balance'" in text
   history = json.loads((tmp_path / "work" / "results.json").read_text())["history"]
-  assert all("train/d/balance" in row for row in history)
+  assert all("train/d/my_balance" in row for row in history)
   # The loss curve of every term, every log_every steps (train_history.jsonl).
   from rsh import histories
   curve = histories.read_train_history(tmp_path / "work")
-  assert curve and all("d/balance" in row for row in curve)
+  assert curve and all("d/my_balance" in row for row in curve)
 
 
 @pytest.mark.slow
