@@ -74,3 +74,15 @@ def test_milan_protocol_variant():
 def test_bad_arguments_are_named(arg, message):
   with pytest.raises(ValueError, match=message):
     _config(f"smoke,{arg}")
+
+
+def test_a_miner_on_one_class_batches_is_refused_before_training(tmp_path, feature_cache,
+                                                                 monkeypatch):
+  """pk with batch_size == k: one class a batch, no negatives: the miner's loss
+  would be 0 at every step (only push and balance would train)."""
+  monkeypatch.setenv("RSH_CACHE_DIR", str(feature_cache))
+  out = cli_main("--config=configs/milan.py:smoke,mode=mined", f"--workdir={tmp_path}",
+                 "--config.train.sampler_options.k=8")
+  assert out.returncode != 0
+  assert "no negatives" in out.stderr and "batch_hard" in out.stderr
+  assert not (tmp_path / "checkpoints").exists()

@@ -43,6 +43,7 @@ from rsh.data.split import paper_split
 from rsh.data.split import random_split
 from rsh.data.split import Split
 from rsh.data.split import steps_per_epoch
+from rsh.data.samplers import PK_DEFAULT_K
 from rsh.data.samplers import pk_batch
 from rsh.data.samplers import sampler
 from rsh.data.samplers import SAMPLERS
