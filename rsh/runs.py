@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 from typing import Any
 
@@ -154,9 +155,14 @@ def summary_line(results: dict) -> str:
   """One line: the codes' main numbers, then each baseline's MAP@k."""
   metrics = results.get("metrics", {})
   k, n = results.get("k", 100), results.get("n", 20)
-  keys = [key for key in (f"map@{k}", f"precision@{n}", f"nonbinary/map@{k}") if key in metrics]
-  # Several retrieval entries (e.g. the cross-modal directions s1_to_s2/...): each one's MAP@k.
-  keys += sorted(key for key in metrics if key.endswith(f"/map@{k}") and key.count("/") == 1
+  # The primary entry's own k and n (e.g. MiLAN's leave-one-out mAP@20), else config.eval's.
+  own = results.get("protocol", {}).get("retrieval", {})
+  kr, nr = own.get("k") or k, own.get("n") or n
+  keys = [key for key in (f"map@{kr}", f"precision@{nr}", f"nonbinary/map@{kr}")
+          if key in metrics]
+  # Several retrieval entries (e.g. the cross-modal directions s1_to_s2/...): each one's
+  # MAP at its own k.
+  keys += sorted(key for key in metrics if re.fullmatch(r"[^/]+/map@\d+", key)
                  and not key.startswith(("binary/", "nonbinary/", "ssm/")))
   shown = " ".join(f"{k}={results['metrics'][k]:.4f}" for k in keys)
   names = {"random_projection": "random projection"}

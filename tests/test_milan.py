@@ -86,3 +86,16 @@ def test_a_miner_on_one_class_batches_is_refused_before_training(tmp_path, featu
   assert out.returncode != 0
   assert "no negatives" in out.stderr and "batch_hard" in out.stderr
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_summary_line_shows_each_entry_at_its_own_k():
+  from rsh import runs
+  results = {"name": "milan", "variant": "small", "bits": 64, "k": 100, "n": 20,
+             "protocol": {"retrieval": {"k": 20, "n": 20}},
+             "metrics": {"map@20": 0.5, "map@100": 0.9, "precision@20": 0.4,
+                         "split/map@100": 0.3, "binary/map@20": 0.5, "split/map@all": 0.2},
+             "baselines": {"itq": {"map@100": 0.25}}}
+  line = runs.summary_line(results)
+  assert line.startswith("milan (small, 64 bits): map@20=0.5000 precision@20=0.4000 ")
+  assert "split/map@100=0.3000" in line and "binary/" not in line and "map@all" not in line
+  assert "map@100=0.9" not in line and line.endswith("baselines map@100: itq 0.2500")
