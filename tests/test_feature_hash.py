@@ -151,8 +151,8 @@ def test_registered():
   assert methods.get("feature_hash").build is feature_hash.build
 
 
-def test_ssm_hash_smoke_trains_through_the_cli(tmp_path, monkeypatch):
-  monkeypatch.setenv("RSH_CACHE_DIR", str(tmp_path / "cache"))
+def test_ssm_hash_smoke_trains_through_the_cli(tmp_path, feature_cache, monkeypatch):
+  monkeypatch.setenv("RSH_CACHE_DIR", str(feature_cache))  # the images of milan's smoke
   out = cli_main("--config=configs/ssm_hash.py:smoke", f"--workdir={tmp_path / 'run'}")
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads((tmp_path / "run" / "results.json").read_text())
