@@ -179,6 +179,19 @@ def batch_size(config, n_train: int | None = None) -> int | None:
   return size
 
 
+def _check_mining(train, batch_size: int, terms) -> None:
+  """A miner needs negatives in every batch: a P x K batch of one class (P = 1) has none,
+  and the miner's loss would be 0 at every step."""
+  miners = [b.name for bound in terms.values() for b in bound if b.fn in rlosses.MINERS]
+  if not miners or train.get("sampler") != "pk":
+    return
+  k = (train.get("sampler_options") or {}).get("k") or rdata.PK_DEFAULT_K
+  if batch_size // k < 2:
+    raise ValueError(f"config.losses.{miners[0]} mines triplets within a batch, but "
+                     f"config.train.sampler='pk' with batch_size={batch_size} and k={k} draws "
+                     f"one class a batch (no negatives): use batch_size >= 2 * k")
+
+
 def make_batch_fn(config, data: rdata.Prepared, method: rmethod.Method, ssm,
                   size: int) -> tuple[Callable[[int], dict[str, np.ndarray]], dict]:
   """`batch_fn(step)`: the batch of a step, a pure function of it (exact resume):
@@ -187,6 +200,7 @@ def make_batch_fn(config, data: rdata.Prepared, method: rmethod.Method, ssm,
   in the first step; returns its wall time in `timings`. `config.train.sampler`
   (`rsh.data.samplers`, default uniform) picks the rows, checked first."""
   train = config.get("train") or {}   # a config from before the samplers: uniform
+  _check_mining(train, size, method.terms)
   positions = rdata.sampler(train.get("sampler", "uniform"), data.labels[data.split.train],
                             size, config.seed, train.get("sampler_options"))
   keys = rlosses.input_keys(method.terms)

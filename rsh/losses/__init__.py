@@ -60,7 +60,7 @@ from rsh.losses.adversarial import (discriminator_adversarial_loss, generator_ad
                                     gradient_penalty_loss)
 from rsh.losses.contrastive import angular_loss, infonce_loss, intra_topk_loss, nt_xent_loss
 from rsh.losses.hashing import binary_loss, bit_balance_loss, quantisation_loss
-from rsh.losses.metric import (batch_all_loss, batch_hard_loss, code_balance_loss,
+from rsh.losses.metric import (MINERS, batch_all_loss, batch_hard_loss, code_balance_loss,
                                pairwise_distances, positive_mask, push_loss, semi_hard_loss,
                                stacked_triplet_loss, triplet_loss)
 from rsh.losses.pairwise import label_similarity, pairwise_similarity_loss, semantic_loss
@@ -68,7 +68,7 @@ from rsh.losses.pairwise import label_similarity, pairwise_similarity_loss, sema
 Array = jax.Array
 
 __all__ = [
-    "Bound", "LOSSES", "MissingInputError", "Term", "angular_loss", "as_term",
+    "Bound", "LOSSES", "MINERS", "MissingInputError", "Term", "angular_loss", "as_term",
     "batch_all_loss", "batch_hard_loss", "bind", "binary_loss", "bit_balance_loss",
     "code_balance_loss", "discriminator_adversarial_loss", "generator_adversarial_loss",
     "gradient_penalty_loss", "infonce_loss", "input_keys", "intra_topk_loss",

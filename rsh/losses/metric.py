@@ -284,3 +284,8 @@ def code_balance_loss(codes: Array, *, center: float = 0.5) -> Array:
   """
   check_rank2("code_balance_loss", codes=codes)
   return jnp.mean(jnp.square(jnp.mean(codes, axis=1) - center)).astype(jnp.float32)
+
+
+# The terms that mine their triplets within a batch: they need a positive and a
+# negative per anchor there (the runner refuses one-class P x K batches for them).
+MINERS = (batch_hard_loss, batch_all_loss, semi_hard_loss)

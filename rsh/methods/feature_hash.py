@@ -93,22 +93,6 @@ def _stats(config, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return np.zeros(d, np.float32), np.ones(d, np.float32)
 
 
-_MINERS = (rlosses.batch_hard_loss, rlosses.batch_all_loss, rlosses.semi_hard_loss)
-
-
-def _check_mining(config, bound) -> None:
-  """A miner needs negatives in every batch: a P x K batch of one class (P = 1) has none."""
-  train = config.get("train") or {}
-  miners = [b.name for b in bound["hasher"] if b.fn in _MINERS]
-  if not miners or train.get("sampler") != "pk":
-    return
-  k = (train.get("sampler_options") or {}).get("k") or rdata.PK_DEFAULT_K
-  if train.batch_size // k < 2:
-    raise ValueError(f"config.losses.{miners[0]} mines triplets within a batch, but "
-                     f"config.train.sampler='pk' with batch_size={train.batch_size} and "
-                     f"k={k} draws one class a batch (no negatives): use batch_size >= 2 * k")
-
-
 def _noise(config) -> float:
   noise = float(config.model.get("noise", 0.0))
   if noise < 0:
@@ -122,7 +106,6 @@ def build(config, data, terms=None) -> rmethod.Method:
   view, train_x = _rows(config, data)
   model = _model(config)
   bound = rlosses.bind(config.losses, nets=NETS, terms=terms)
-  _check_mining(config, bound)
   d = train_x.shape[-1]
   mean, std = _stats(config, train_x)
   noise = _noise(config)
@@ -159,7 +142,6 @@ def _build_backbone(config, data, terms) -> rmethod.Method:
   noise = _noise(config)
   model = _model(config)
   bound = rlosses.bind(config.losses, nets=NETS, terms=terms)
-  _check_mining(config, bound)
   tx = update.optimizer(config.optim)
   d = backbone.feature_dim
   variables = rweights.load_pretrained(name, data.feature_options.get("weights"))
