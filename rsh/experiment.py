@@ -113,7 +113,7 @@ def results_dict(config, data: rdata.Prepared, evals, final: Mapping[str, dict],
       "data_source": config.data.source,
       "data_dir": config.data.get("dir"),
       "bands": list(data.band_names),
-      "bits": int(config.model.bits),
+      "bits": None if config.model.get("bits") is None else int(config.model.bits),
       "n_query": int(len(data.split.query)),
       "n_archive": int(len(data.split.archive)),
       "n_train": int(len(data.split.train)),
@@ -203,7 +203,7 @@ def make_batch_fn(config, data: rdata.Prepared, method: rmethod.Method, ssm,
   _check_mining(train, size, method.terms)
   positions = rdata.sampler(train.get("sampler", "uniform"), data.labels[data.split.train],
                             size, config.seed, train.get("sampler_options"))
-  keys = rlosses.input_keys(method.terms)
+  keys = rlosses.input_keys(method.terms) | set(getattr(method, "step_inputs", ()))
   inputs = {k: fn for k, fn in method.inputs().items() if k in keys}
   timings = {}
   if "similarity" in inputs:
@@ -274,7 +274,7 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   ssm = functools.cache(lambda: training_ssm(config, data))
   # The evaluators check their settings (k, n, sets, views) before any work.
   ctx = revals.Context(config=config, data=data, encode=method.encode, ssm=ssm,
-                       encoders=method.encoders)
+                       encoders=method.encoders, generate=method.generate)
   evals = revals.build(config.get("evals", {}), ctx, extra=evaluators)
   batch_fn, timings = make_batch_fn(config, data, method, ssm, size)
   # Each evaluator's whole path runs now (the baselines in full, before the
@@ -327,12 +327,15 @@ def _figures(workdir, config, data, method: rmethod.Method, evals, results, stat
 
   reference = {label(b): m for b, m in sorted(results["baselines"].items(),
                                               key=lambda item: item[0] != "random_projection")}
-  plots.map_vs_steps(results["history"], workdir / "map_vs_steps.png", k=int(config.eval.k),
-                     reference=reference or None)
+  if any("map@" in key for row in results["history"] for key in row) or reference:
+    # (a generator without codes has no MAP to draw)
+    plots.map_vs_steps(results["history"], workdir / "map_vs_steps.png", k=int(config.eval.k),
+                       reference=reference or None)
   for ev in evals.values():
     ev.figures(workdir)
   if method.generate is not None:
-    plots.image_grid(method.generate(state, 16, config.seed), data.band_names,
+    labels = np.arange(16) % len(data.class_names)  # an unconditional G reads only n
+    plots.image_grid(method.generate(state, labels, config.seed), data.band_names,
                      workdir / "generated.png")
   if method.figures is not None:
     method.figures(state, workdir)

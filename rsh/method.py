@@ -76,17 +76,23 @@ class Method:
   `batch_views` (optional): {batch key: view} when the batch holds more than
   `x` (e.g. `{"s1": "s1", "s2": "pixels"}`, rows of the same pairs).
   `batch_inputs` (optional): the method's own batch inputs beside
-  `BATCH_INPUTS` ({key: fn(BatchSource, rows)}), made when a bound term reads them.
+  `BATCH_INPUTS` ({key: fn(BatchSource, rows)}), made when a bound term reads them
+  or `step_inputs` names them.
   """
   init: Callable[[jax.Array], Any]
   step: rtrain.StepFn
   encode: Encode
   terms: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # losses.bind(...)
-  generate: Callable[[Any, int, int], np.ndarray] | None = None
+  # (state, labels int[n], seed) -> f32[n, 64, 64, c] images of those classes in
+  # [-1, 1] (an unconditional generator reads only n); `rsh.gan.make_generate`.
+  generate: Callable[[Any, np.ndarray, int], np.ndarray] | None = None
   figures: Callable[[Any, pathlib.Path], None] | None = None
   encoders: Mapping[str, Encode] | None = None
   batch_views: Mapping[str, str] | None = None
   batch_inputs: Mapping[str, BatchInput] | None = None
+  # Batch inputs the step itself reads, whatever the terms read (a conditional
+  # GAN's `labels`).
+  step_inputs: tuple[str, ...] = ()
 
   def encoder(self, view: str) -> Encode:
     """The encoder of a (canonical) view: the method's one for it, else its only one."""

@@ -22,6 +22,7 @@ class Context:
   encode: Callable[[Any, Any], Mapping[str, np.ndarray]]
   ssm: Callable[[], tuple[np.ndarray, dict]]         # the training SSM, built once
   encoders: Mapping[str, Callable] | None = None     # per view (one network per modality)
+  generate: Callable | None = None                   # the method's, if it makes images
 
   def encoder(self, view: str) -> Callable[[Any, Any], Mapping[str, np.ndarray]]:
     """The encoder of a view: the method's one for it, else its only one."""
