@@ -191,3 +191,58 @@ def retrievals(prepared, query_repr: np.ndarray, archive_repr: np.ndarray, path,
   if query_view != archive_view or query_view != "pixels":
     fig.suptitle(f"{query_view} queries -> {archive_view} archive", fontsize=8)
   _save(fig, path)
+
+
+def class_grid(generated: np.ndarray, real: np.ndarray | None, class_names, path, *,
+               bands=None, title: str | None = None) -> None:
+  """Generated images of each class beside real ones (class-conditional GANs).
+
+  One row per class: its name at the left, the m generated images, a gap, then
+  the m' real images; images in [-1, 1] shown as true colour like `image_grid`
+  (`composite`, with its per-image stretch).
+
+  Args:
+    generated: f32[c, m, h, w, b] in [-1, 1], row i of class `class_names[i]`.
+    real: f32[c, m', h, w, b] in [-1, 1], or None for generated images only.
+    class_names: c names.
+    path: the PNG to write (its folder is created).
+    bands: the b band names (RGB from B04 B03 B02); None: b must be 3, in R, G, B order.
+    title: an optional figure title.
+  """
+  gen = np.asarray(generated, np.float32)
+  names = [str(n) for n in class_names]
+  if gen.ndim != 5 or len(gen) != len(names) or gen.shape[1] < 1:
+    raise ValueError(f"class_grid expects generated [classes={len(names)}, m, h, w, bands], "
+                     f"got shape {gen.shape}")
+  blocks = [("generated", gen)]
+  if real is not None:
+    real = np.asarray(real, np.float32)
+    if real.ndim != 5 or real.shape[0] != gen.shape[0] or real.shape[2:] != gen.shape[2:]:
+      raise ValueError(f"class_grid expects real [{gen.shape[0]}, m', *{gen.shape[2:]}] "
+                       f"like generated, got shape {real.shape}")
+    blocks.append(("real", real))
+  band_names = list(bands) if bands is not None else (list(RGB) if gen.shape[-1] == 3 else None)
+  if band_names is None or len(band_names) != gen.shape[-1]:
+    raise ValueError(f"class_grid needs one band name per channel ({gen.shape[-1]}), "
+                     f"got bands={bands!r}")
+  widths = [1] * gen.shape[1] + ([0.25] + [1] * real.shape[1] if real is not None else [])
+  fig, axes = plt.subplots(len(names), len(widths), squeeze=False,
+                           figsize=(0.95 * sum(widths), 0.95 * len(names)),
+                           gridspec_kw={"width_ratios": widths, "wspace": 0.05, "hspace": 0.08})
+  for ax in axes.ravel():
+    ax.axis("off")
+  start = 0
+  for header, images in blocks:
+    for r in range(len(names)):
+      for j in range(images.shape[1]):
+        axes[r, start + j].imshow(composite((images[r, j] + 1) / 2, band_names))
+    axes[0, start].set_title(header, fontsize=8, loc="left")
+    start += images.shape[1] + 1  # the gap column
+  for r, name in enumerate(names):
+    axes[r, 0].text(-0.08, 0.5, name, transform=axes[r, 0].transAxes, ha="right",
+                    va="center", fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9, va="bottom",  # just above the column headers
+                 y=fig.subplotpars.top + 0.25 / fig.get_figheight())
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  _save(fig, path)

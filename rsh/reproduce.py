@@ -5,7 +5,9 @@ DIR is reused, an interrupted one resumed), then prints a markdown table with
 the thesis's number beside ours in every cell and writes it to DIR.
 
 Variants: `full` (the paper protocol; needs the full EuroSAT), `small` (a small
-folder such as the 369 real GeoTIFFs, `--data_dir=...`), `demo`.
+folder such as the 369 real GeoTIFFs, `--data_dir=...`), `demo`. Tables 5.6-5.9
+and Fig. 5.14 are UAHM and its baselines (ch. 5); Table 4.1 the IS / FID of the
+conditional GANs' images (ch. 4), each at its config's own training length.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from absl import app, flags
 
 from rsh import checkpoints
 from rsh import cli
+from rsh import config_lib
 from rsh import paper
 from rsh import platform
 from rsh import runs
 from rsh import train
 from rsh.workdir import WorkdirLockedError
 
-TABLES = ("5.6", "5.7", "5.8", "5.9", "fig5.14")
+TABLES = ("4.1", "5.6", "5.7", "5.8", "5.9", "fig5.14")
 
 
 class _CodeLengths(flags.ListParser):
@@ -85,54 +88,16 @@ def load_config(name: str, arg: str):
   return module.get_config(arg)
 
 
-# Every config's top-level sections (GAN-MS has no `ssm`, a shallow config no `losses`).
-_SECTIONS = ("data", "eval", "evals", "losses", "model", "optim", "ssm", "train")
+_apply = config_lib.apply_overrides  # `--set` key=value overrides
 
 
-def _apply(config, overrides: list[str]):
-  """`--set` overrides; one for a section a config does not have (e.g. `ssm.*`
-  for GAN-MS, which builds no SSM) is skipped for that config only."""
-  for item in overrides:
-    if "=" not in item:
-      raise ValueError(f"--set {item!r}: expected key=value, e.g. --set=train.num_steps=100")
-    key, value = item.split("=", 1)
-    node = config
-    *path, last = key.split(".")
-    if path and path[0] not in config:
-      if path[0] not in _SECTIONS:  # a typo, not a section of another table's model
-        raise ValueError(f"--set {item!r}: no config has a section {path[0]!r}; sections: "
-                         f"{', '.join(_SECTIONS)}")
-      continue
-    for i, p in enumerate(path + [last]):
-      if not hasattr(node, "keys") or p not in node:
-        where = ".".join(["config"] + path[:i])
-        raise ValueError(f"--set {item!r}: {where} has no key {p!r}"
-                         + (f"; it has {', '.join(sorted(node.keys()))}"
-                            if hasattr(node, "keys") else ""))
-      if i < len(path):
-        node = node[p]
-    try:
-      node[last] = _convert(node[last], value)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"--set {item!r}: {e}") from None
-  return config
-
-
-def _convert(old, value: str):
-  """`value` as the type of the key's present value (a string where it is None)."""
-  if isinstance(old, bool):
-    if value.lower() not in ("1", "0", "true", "false"):
-      raise ValueError(f"expected true or false, got {value!r}")
-    return value.lower() in ("1", "true")
-  return value if old is None else type(old)(value)
-
-
-def make_config(name: str, bits: int, seed: int):
-  config = load_config(name, f"{_VARIANT.value},bits={bits},seed={seed}")
+def make_config(name: str, bits: int | None, seed: int):
+  """The config of one cell; `bits` None for a model without codes (Table 4.1's GANs)."""
+  config = load_config(name, f"{_VARIANT.value},seed={seed}" + (f",bits={bits}" if bits else ""))
   config.train.progress = False
   if _DATA_DIR.value:
     config.data.dir = _DATA_DIR.value
-  steps = _STEPS.value or DEFAULT_STEPS.get(_VARIANT.value)
+  steps = _STEPS.value or (DEFAULT_STEPS.get(_VARIANT.value) if bits else None)
   if steps:
     config.train.num_steps = steps
     config.train.eval_every = min(int(config.train.eval_every), max(steps // 2, 1))
@@ -140,7 +105,8 @@ def make_config(name: str, bits: int, seed: int):
 
 
 # The models each table runs; the tables of one code length, with its default.
-TABLE_MODELS = {"5.6": ("uahm",), "5.9": ("uahm",), "fig5.14": ("uahm", "gan_ms", "gan_rgb"),
+TABLE_MODELS = {"4.1": ("cdcgan", "acgan"), "5.6": ("uahm",), "5.9": ("uahm",),
+                "fig5.14": ("uahm", "gan_ms", "gan_rgb"),
                 **dict.fromkeys(("5.7", "5.8"), tuple(dict.fromkeys(n for n, _ in PAPER["5.7"])))}
 ONE_BITS = {"5.6": (64, "SSM quality, which the code length does not change"),
             "5.9": (128, "class-wise MAP@100 of UAHM's binary codes, 128 bits in the thesis"),
@@ -151,6 +117,10 @@ def table_bits() -> list[int]:
   """The code lengths the table runs: every --bits for Tables 5.7 and 5.8; for
   the others one, --bits's or the ONE_BITS default."""
   bits = _BITS.value
+  if _TABLE.value == "4.1":  # generators: no codes, no code length
+    if _BITS.present:
+      cli.fail("--bits: --table=4.1 scores generated images; its GANs make no codes")
+    return [None]
   if _TABLE.value not in ONE_BITS:
     return bits
   default, what = ONE_BITS[_TABLE.value]
@@ -197,7 +167,8 @@ def figures_drawn(workdir: pathlib.Path, results: dict) -> bool:
 
 def run_cell(name: str, bits: int, seed: int) -> dict:
   """Trains (or reuses) one model; returns its results.json."""
-  workdir = pathlib.Path(_WORKDIR.value) / f"{name}_{bits}b_seed{seed}"
+  workdir = pathlib.Path(_WORKDIR.value) / (f"{name}_{bits}b_seed{seed}" if bits
+                                             else f"{name}_seed{seed}")
   config = make_config(name, bits, seed)
   done = runs.load_results(workdir)
   if done is not None and done.get("history"):
@@ -218,8 +189,7 @@ def run_cell(name: str, bits: int, seed: int) -> dict:
   t0 = time.time()
   results = runs.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value,
                      allow_data_change=_ALLOW_DATA.value)
-  log.info("%s: %.0fs, map@%d=%.4f", workdir.name, time.time() - t0, config.eval.k,
-               results["metrics"][f"map@{config.eval.k}"])
+  log.info("%s: %.0fs, %s", workdir.name, time.time() - t0, runs.summary_line(results))
   return results
 
 
@@ -278,6 +248,31 @@ def table_59() -> str:
                     f"variant {_VARIANT.value}, {len(seeds)} seed(s); tie-aware = expected MAP@100 "
                     "over orders within ties", "",
                     "| class | ours | ours, tie-aware | thesis |", "|---|---|---|---|", *rows])
+
+
+def table_41() -> str:
+  """IS / FID of each conditional GAN's generated images, and the real images' floor."""
+  seeds, cells, backbones = range(_SEEDS.value), {}, set()
+  for name in TABLE_MODELS["4.1"]:
+    for s in seeds:
+      res = run_cell(name, None, s)
+      for key, v in res["metrics"].items():
+        if key.startswith("generated/"):
+          _, backbone, metric = key.split("/")
+          backbones.add(backbone)
+          cells.setdefault((name, metric), []).append(v)
+  rows = [f"| {label} | {_cell(cells.get((name, 'is'), []))} ({PAPER['4.1'][name][0]:.4f}) | "
+          f"{_cell(cells.get((name, 'fid'), []))} ({PAPER['4.1'][name][1]:.2f}) |"
+          for name, label in (("cdcgan", "C-DCGAN"), ("acgan", "ACGAN"))]
+  rows.append(f"| real training images: IS; FID half vs half (the floor, not in thesis) | "
+              f"{_cell(cells.get(('acgan', 'is_real'), []))} | "
+              f"{_cell(cells.get(('acgan', 'fid_real_halves'), []))} |")
+  named = ", ".join(sorted(backbones)) or "?"
+  return "\n".join([f"Table 4.1 — generated image quality, ours on {named} (the thesis: "
+                    "Inception classifiers, in brackets; numbers on another backbone are not "
+                    f"the paper's metric); variant {_VARIANT.value}, {len(seeds)} seed(s)", "",
+                    "| model | IS (higher is better) | FID (lower is better) |", "|---|---|---|",
+                    *rows])
 
 
 # Table 5.6's rows: ours, its config.ssm.spatial and .spectral, the thesis's row beside it.
@@ -372,7 +367,7 @@ def _main(argv):
   jax.config.update("jax_compilation_cache_dir", str(cache / "jax"))
   table = _TABLE.value
   try:
-    text = {"5.6": table_56, "5.7": lambda: table_57_58("5.7"), "5.8": lambda: table_57_58("5.8"),
+    text = {"4.1": table_41, "5.6": table_56, "5.7": lambda: table_57_58("5.7"), "5.8": lambda: table_57_58("5.8"),
             "5.9": table_59, "fig5.14": fig_514}[table]()
   except (ValueError, OSError, runs.ConfigMismatchError, train.NonFiniteLossError,
           checkpoints.CheckpointError, WorkdirLockedError) as e:

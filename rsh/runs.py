@@ -164,9 +164,13 @@ def summary_line(results: dict) -> str:
   # MAP at its own k.
   keys += sorted(key for key in metrics if re.fullmatch(r"[^/]+/map@\d+", key)
                  and not key.startswith(("binary/", "nonbinary/", "ssm/")))
+  # A generator's IS and FID (generated/<backbone>/is, .../fid).
+  keys += sorted(key for key in metrics if re.fullmatch(r"generated/[^/]+/(is|fid|fid_real_halves)",
+                                                        key))
   shown = " ".join(f"{k}={results['metrics'][k]:.4f}" for k in keys)
   names = {"random_projection": "random projection"}
   base = ", ".join(f"{names.get(b, b)} {m[f'map@{k}']:.4f}"
                    for b, m in results.get("baselines", {}).items() if f"map@{k}" in m)
-  return (f"{results.get('name', results.get('method'))} ({results.get('variant')}, "
-          f"{results.get('bits')} bits): {shown}" + (f"; baselines map@{k}: {base}" if base else ""))
+  bits = f", {results['bits']} bits" if results.get("bits") else ""
+  return (f"{results.get('name', results.get('method'))} ({results.get('variant')}{bits}): "
+          f"{shown}" + (f"; baselines map@{k}: {base}" if base else ""))

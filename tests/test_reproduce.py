@@ -406,3 +406,39 @@ def test_table_57_trains_every_cell_then_table_58_reuses_them(tmp_path):
   out = _reproduce("--table=fig5.14", f"--workdir={root}", *TINY, cache=root / "cache")
   assert out.returncode == 0, out.stderr[-3000:]
   assert "| UAHM | 2 |" in out.stdout and "| random projection (32 bits, pixels) |" in out.stdout
+
+
+def test_table_41_prints_is_and_fid_beside_the_thesis(tmp_path, monkeypatch, run_cli,
+                                                      no_training):
+  """Table 4.1 over two finished generator runs: each model's IS and FID with the
+  thesis's in brackets, the backbone named, and the real images' floor row."""
+  monkeypatch.setenv("RSH_CACHE_DIR", str(tmp_path / "cache"))
+  reproduce = import_cli("rsh.reproduce")
+  from rsh import runs
+  root = tmp_path / "t41"
+  sets = ["data.n_per_class=12", "data.n_query=2", "train.batch_size=8"]
+  for i, name in enumerate(("cdcgan", "acgan")):
+    config = reproduce._apply(reproduce.load_config(name, "demo,seed=0"), sets)
+    config.train.num_steps = 2
+    workdir = root / f"{name}_seed0"
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps(runs.config_to_dict(config)))
+    metrics = {f"generated/efficientnet_lite0/{k}": v for k, v in {
+        "is": 1.5 + i, "fid": 200.0 - 10 * i, "fid_real_halves": 40.0 + i,
+        "is_real": 3.0 + i}.items()}
+    results = {"method": "cgan", "name": name, "bits": None, "seed": 0, "metrics": metrics,
+               "history": [{"step": 2}], "baselines": {}, "figures": []}
+    (workdir / "results.json").write_text(json.dumps(results))
+  out = run_cli("--table=4.1", f"--workdir={root}", "--variant=demo", "--steps=2",
+                *(f"--set={s}" for s in sets), module="rsh.reproduce")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stderr.count("reusing") == 2
+  assert "ours on efficientnet_lite0" in out.stdout and "not the paper's metric" in out.stdout
+  assert "| C-DCGAN | 1.5000 (2.3521) | 200.0000 (188.96) |" in out.stdout, out.stdout
+  assert "| ACGAN | 2.5000 (2.6371) | 190.0000 (170.85) |" in out.stdout, out.stdout
+  assert "| 4.0000 | 41.0000 |" in out.stdout   # the floor row (from the ACGAN run)
+  assert (root / "table_4_1.md").read_text().strip() == out.stdout.strip()
+  # A table of generators takes no code length.
+  out = run_cli("--table=4.1", f"--workdir={root}", "--variant=demo", "--bits=32",
+                module="rsh.reproduce")
+  assert out.returncode == 2 and "no codes" in out.stderr

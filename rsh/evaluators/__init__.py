@@ -22,10 +22,11 @@ from typing import Any, Mapping
 
 from rsh.evaluators.base import Baseline, Context, Evaluator, protocol
 from rsh.evaluators.baselines import CcaItq, Itq, RandomCodes, Shallow, SsmQuality
+from rsh.evaluators.generated import GeneratedQuality
 from rsh.evaluators.retrieval import Retrieval
 
 __all__ = ["Baseline", "Context", "Evaluator", "protocol", "Retrieval", "Shallow", "Itq",
-           "CcaItq", "RandomCodes", "SsmQuality", "EVALUATORS", "build"]
+           "CcaItq", "RandomCodes", "SsmQuality", "GeneratedQuality", "EVALUATORS", "build"]
 
 
 EVALUATORS: Mapping[str, type] = {
@@ -35,6 +36,7 @@ EVALUATORS: Mapping[str, type] = {
     "random_codes": RandomCodes,
     "cca_itq": CcaItq,
     "ssm_quality": SsmQuality,
+    "generated_quality": GeneratedQuality,
 }
 
 

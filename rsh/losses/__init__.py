@@ -3,7 +3,8 @@
 Two layers:
   1. Array functions, one module per family: pure, jittable, differentiable,
      no state, every one re-exported here (`rsh.losses.binary_loss`):
-       `adversarial`  generator / discriminator GAN losses, gradient penalty;
+       `adversarial`  generator / discriminator GAN losses (label smoothing),
+                      ACGAN's class cross-entropy, gradient penalty;
        `hashing`      binary (eq. 5.5), quantisation, bit balance;
        `contrastive`  NT-Xent, InfoNCE, angular, intra-modal top-k;
        `metric`       triplets: given, stacked (MiLAN), batch-hard, batch-all,
@@ -35,6 +36,8 @@ Keys the built-in terms read by default (`LOSSES`):
     labels:     [b, c]      multi-hot labels, a batch input (pairwise; the
                             metric terms also take int[b] class ids);
     grad_norms: f32[b]      norms of D's input gradients (gradient_penalty).
+  ACGAN (thesis ch. 4): `classification` reads `labels` and the logits the
+  config names (`real_class_logit` / `fake_class_logit`, f32[b, c]).
   No default, so the config names them: pairwise's codes_a / codes_b,
   nt_xent's, infonce's and angular's a / b, intra_topk's x (which codes or
   features of which modality is the method's choice).
@@ -56,8 +59,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsh.losses.adversarial import (discriminator_adversarial_loss, generator_adversarial_loss,
-                                    gradient_penalty_loss)
+from rsh.losses.adversarial import (classification_loss, discriminator_adversarial_loss,
+                                    generator_adversarial_loss, gradient_penalty_loss)
 from rsh.losses.contrastive import angular_loss, infonce_loss, intra_topk_loss, nt_xent_loss
 from rsh.losses.hashing import binary_loss, bit_balance_loss, quantisation_loss
 from rsh.losses.metric import (MINERS, batch_all_loss, batch_hard_loss, code_balance_loss,
@@ -69,12 +72,12 @@ Array = jax.Array
 
 __all__ = [
     "Bound", "LOSSES", "MINERS", "MissingInputError", "Term", "angular_loss", "as_term",
-    "batch_all_loss", "batch_hard_loss", "bind", "binary_loss", "bit_balance_loss",
-    "code_balance_loss", "discriminator_adversarial_loss", "generator_adversarial_loss",
-    "gradient_penalty_loss", "infonce_loss", "input_keys", "intra_topk_loss",
-    "label_similarity", "nt_xent_loss", "pairwise_distances", "pairwise_similarity_loss",
-    "positive_mask", "push_loss", "quantisation_loss", "resolve", "semantic_loss",
-    "semi_hard_loss", "stacked_triplet_loss", "total_loss", "triplet_loss",
+    "batch_all_loss", "batch_hard_loss", "binary_loss", "bind", "bit_balance_loss",
+    "classification_loss", "code_balance_loss", "discriminator_adversarial_loss",
+    "generator_adversarial_loss", "gradient_penalty_loss", "infonce_loss", "input_keys",
+    "intra_topk_loss", "label_similarity", "nt_xent_loss", "pairwise_distances",
+    "pairwise_similarity_loss", "positive_mask", "push_loss", "quantisation_loss", "resolve",
+    "semantic_loss", "semi_hard_loss", "stacked_triplet_loss", "total_loss", "triplet_loss",
 ]
 
 
@@ -118,6 +121,8 @@ LOSSES: Mapping[str, Term] = types.MappingProxyType({
     "angular": Term(angular_loss, {"a": None, "b": None}),
     "intra_topk": Term(intra_topk_loss, {"x": None}),
     "gradient_penalty": Term(gradient_penalty_loss, {"grad_norms": "grad_norms"}),
+    # ACGAN's auxiliary classifier (eq. 4.8): the config names real_ / fake_class_logit.
+    "classification": Term(classification_loss, {"logits": None, "labels": "labels"}),
     # Metric learning (MiLAN, thesis ch. 4): triplet terms on the codes, the
     # code-shape terms on the sigmoid outputs.
     "triplet": Term(stacked_triplet_loss, {"codes": "hash"}),

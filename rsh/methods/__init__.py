@@ -18,6 +18,7 @@ METHODS = {
     "itq": "shallow:build_itq",  # PCA + iterative quantisation (configs/itq.py)
     "crossmodal": "crossmodal",  # S1 <-> S2 hashing (configs/crossmodal.py, sscm.py, duch.py)
     "feature_hash": "feature_hash",  # a hashing MLP on frozen features (configs/ssm_hash.py)
+    "cgan": "cgan",  # class-conditional GANs: C-DCGAN, ACGAN (configs/cdcgan.py, acgan.py)
 }
 
 
