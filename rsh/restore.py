@@ -2,6 +2,7 @@
 
     run = restore.load_run("runs/demo")           # config.json + latest checkpoint
     codes = restore.encode(run, "query")["hash"]  # f32[n_query, bits], tanh codes
+    images = restore.generate(run, ["River"] * 8)  # a GAN run: images of those classes
 
 A workdir written by `rsh.runs.run` (or `python -m rsh.main`) holds the run's
 `config.json` and orbax checkpoints under `checkpoints/`; `load_run` rebuilds
@@ -157,3 +158,19 @@ def encode(run: Run, set_name: str, view: str | None = None) -> dict[str, np.nda
   view = data.view_name(view if view is not None else run.config.data.get("input"))
   enc = run.method.encoder(view)
   return {k: np.asarray(v) for k, v in enc(run.state, data.x(set_name, view)).items()}
+
+
+def generate(run: Run, labels, seed: int = 0) -> np.ndarray:
+  """Images of the classes asked from the run's generator: f32[n, 64, 64, c] in [-1, 1]
+  (`Method.generate`; class ids or class names, e.g. `["Highway", "River"]`)."""
+  if run.method.generate is None:
+    raise ValueError(f"the run in {run.workdir} ({run.config.get('name')}) has no generator")
+  names = list(run.data.class_names)
+  items = labels.tolist() if isinstance(labels, np.ndarray) else list(labels)
+  labels = np.asarray([names.index(l) if isinstance(l, str) and l in names else l
+                       for l in items])
+  if labels.dtype.kind not in "iu" or labels.ndim != 1 or (
+      labels.size and (labels.min() < 0 or labels.max() >= len(names))):
+    raise ValueError(f"labels must be class ids in [0, {len(names)}) or class names "
+                     f"({', '.join(names)}); got {labels.tolist()!r}")
+  return run.method.generate(run.state, labels, seed)

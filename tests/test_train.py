@@ -183,6 +183,7 @@ def _final_state(workdir):
   return last, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
 
 
+@pytest.mark.slow  # 80 s on 2 cores; in-process resume: test_loop_resumes_and_evaluates
 def test_kill_minus_nine_then_rerun_gives_bitwise_same_parameters(tmp_path):
   ref, killed = tmp_path / "ref", tmp_path / "killed"
   # One compilation cache for the three runs (the same programs, so the same
