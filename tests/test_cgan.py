@@ -167,6 +167,17 @@ def test_generated_quality_refuses_what_cannot_run(cdcgan):
                      (dict(backbone="vgg"), "backbone"), (dict(size=3), "not an option")):
     with pytest.raises(ValueError, match=match):
       revals.build({"q": dict(type="generated_quality", **bad)}, ctx)
+  ev = revals.build({"q": dict(type="generated_quality")}, ctx)["q"]
+  assert (ev.backbone, ev.prefix) == ("efficientnet_lite0", "generated/efficientnet_lite0/")
+  # With a weight file, Inception-v3 (the thesis's FID network), named in every key;
+  # a missing file is refused by the precheck, before any training.
+  inception = revals.Context(config=config.copy_and_resolve_references(), data=data,
+                             encode=method.encode, ssm=None, generate=method.generate)
+  inception.config.data.weights = "/nonexistent/inception_v3_google.pth"
+  ev = revals.build({"q": dict(type="generated_quality")}, inception)["q"]
+  assert ev.prefix == "generated/inception_v3/"
+  with pytest.raises(FileNotFoundError, match="Inception-v3"):
+    ev.precheck(state)
 
 
 def test_acgan_smoke_run_end_to_end(tmp_path, feature_cache, monkeypatch):
