@@ -224,7 +224,8 @@ def cgan(a, *, name: str, conditioning: str) -> ml_collections.ConfigDict:
   c.data.n_train = None  # every image but the queries
   c.optim = ml_collections.ConfigDict(dict(lr=2e-4, b1=0.5, b2=0.999, eps=1e-8))
   c.model = ml_collections.ConfigDict(dict(
-      conditioning=conditioning, noise_dim=100, conv_impl="phase", d_stats="real"))
+      conditioning=conditioning, noise_dim=100, conv_impl="phase", d_stats="real",
+      d_batch_norm=True))  # False: D without BatchNorm, Fig. 4.4 as drawn (rsh/models/cgan.py)
   c.losses = ml_collections.ConfigDict(dict(
       adversarial_d=dict(weight=1.0, on="discriminator", real_target=0.9, fake_target=0.1),
       adversarial_g=dict(weight=1.0, on="generator")))

@@ -58,7 +58,7 @@ def apply(model, params, batch_stats, *args):
   """A train-mode forward pass: (outputs, updated BatchNorm statistics)."""
   out, upd = model.apply({"params": params, "batch_stats": batch_stats}, *args, train=True,
                          mutable=["batch_stats"])
-  return out, upd["batch_stats"]
+  return out, upd.get("batch_stats", {})   # {}: a network without BatchNorm
 
 
 Forward = Callable[[Any], tuple[Mapping[str, Any], Any]]

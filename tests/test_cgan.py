@@ -60,8 +60,19 @@ def test_cdcgan_d_sees_13_channels_and_acgan_d_has_11_outputs():
     d = state.nets["discriminator"].params
     assert d["conv1"]["kernel"].shape == (5, 5, channels, 16)
     assert d["out"]["kernel"].shape == (1024, outputs)
+    assert "conv2_bn" in state.nets["discriminator"].batch_stats
     # G(z, y): z of 100 and a one-hot of 10 into its first layer.
     assert state.nets["generator"].params["net"]["project"]["kernel"].shape[0] == 110
+
+
+def test_d_without_batch_norm_is_fig_44_as_drawn():
+  config = _config("acgan")
+  config.model.d_batch_norm = False
+  _, disc = cgan_method.build_models(config, 10)
+  variables = jax.eval_shape(lambda rng: disc.init(rng, jnp.zeros((2, 64, 64, 3)), None,
+                                                   train=False), jax.random.PRNGKey(0))
+  assert "batch_stats" not in variables
+  assert [k for k in variables["params"] if k.endswith("_bn")] == []
 
 
 def test_label_smoothing_changes_d_targets_only():

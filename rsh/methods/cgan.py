@@ -41,7 +41,8 @@ def build_models(config, num_classes: int):
                      f"{', '.join(cgan.CONDITIONINGS)}; got {conditioning!r}")
   gen = cgan.ConditionalGenerator(channels=channels, num_classes=num_classes, impl=impl)
   disc = cgan.ConditionalDiscriminator(channels=channels, num_classes=num_classes,
-                                       conditioning=conditioning, impl=impl)
+                                       conditioning=conditioning, impl=impl,
+                                       batch_norm=bool(config.model.get("d_batch_norm", True)))
   return gen, disc
 
 

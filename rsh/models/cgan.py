@@ -141,6 +141,9 @@ class ConditionalDiscriminator(nn.Module):
     channels: image bands c (3 for EuroSAT RGB).
     num_classes: classes k (10 for EuroSAT).
     conditioning: "input" (C-DCGAN) or "auxiliary" (ACGAN).
+    batch_norm: False drops every BatchNorm of D (Fig. 4.4 as drawn). With it, D
+      normalises a batch of generated images by that batch's own statistics, so
+      a collapsed G (near-identical images) is normalised to its small differences.
     impl: how the stride-2 convolutions are differentiated, "phase" or "xla"
       (see `dcgan.Discriminator`); same parameters and forward pass either way.
     dtype: computation dtype; the outputs are float32.
@@ -150,6 +153,7 @@ class ConditionalDiscriminator(nn.Module):
   channels: int = 3
   num_classes: int = 10
   conditioning: str = "input"
+  batch_norm: bool = True
   impl: str = "phase"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -206,11 +210,12 @@ class ConditionalDiscriminator(nn.Module):
       x = layers.Conv(features, D_KERNEL, strides=stride, impl=self.impl, dtype=self.dtype,
                       param_dtype=self.param_dtype, kernel_init=self.kernel_init,
                       name=f"conv{i}")(x)
-      if i > 1:  # DCGAN: no BatchNorm on D's input layer
+      if i > 1 and self.batch_norm:  # DCGAN: no BatchNorm on D's input layer
         x = bn(f"conv{i}_bn")(x)
       x = dcgan._leaky_relu(x)
     x = x.reshape((x.shape[0], -1))
-    feature = dcgan._leaky_relu(bn("fc_bn")(dense(dcgan.D_HIDDEN, name="fc")(x)))
+    x = dense(dcgan.D_HIDDEN, name="fc")(x)
+    feature = dcgan._leaky_relu(bn("fc_bn")(x) if self.batch_norm else x)
 
     out = {"feature": feature.astype(jnp.float32)}
     if self.conditioning == "input":
