@@ -203,7 +203,7 @@ def make_batch_fn(config, data: rdata.Prepared, method: rmethod.Method, ssm,
   _check_mining(train, size, method.terms)
   positions = rdata.sampler(train.get("sampler", "uniform"), data.labels[data.split.train],
                             size, config.seed, train.get("sampler_options"))
-  keys = rlosses.input_keys(method.terms) | set(getattr(method, "step_inputs", ()))
+  keys = rlosses.input_keys(method.terms) | set(method.step_inputs)
   inputs = {k: fn for k, fn in method.inputs().items() if k in keys}
   timings = {}
   if "similarity" in inputs:

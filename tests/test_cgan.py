@@ -2,9 +2,7 @@
 ACGAN configs, label smoothing, labelled generation, the generated_quality
 evaluator, and an ACGAN smoke run end to end through `python -m rsh.main`."""
 
-import importlib.util
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -15,19 +13,14 @@ from rsh import data as rdata
 from rsh import evaluators as revals
 from rsh import gan
 from rsh import losses as rlosses
+from rsh import restore
 from rsh.methods import cgan as cgan_method
 from rsh.methods import uahm
 
 from tests.conftest import cli_main
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
 def _config(name, arg="smoke"):
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return restore.config_from_file(f"configs/{name}.py:{arg}")
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +200,6 @@ def test_acgan_smoke_run_end_to_end(tmp_path, feature_cache, monkeypatch):
   assert {"generated.png", "generated_by_class.png"} <= set(results["figures"])
   assert "map_vs_steps.png" not in results["figures"]   # no codes, no MAP
   # A finished run's generator, asked for classes by id or name (part 2's training set).
-  from rsh import restore
   run = restore.load_run(workdir)
   images = restore.generate(run, ["River", 3, "River"], seed=5)
   assert images.shape == (3, 64, 64, 3)
