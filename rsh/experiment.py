@@ -31,6 +31,7 @@ from rsh import data as rdata
 from rsh import deprecation
 from rsh import evaluators as revals
 from rsh import features  # noqa: F401  registers the features/<backbone> view
+from rsh import generated
 from rsh import losses as rlosses
 from rsh import method as rmethod
 from rsh import methods
@@ -133,6 +134,8 @@ def results_dict(config, data: rdata.Prepared, evals, final: Mapping[str, dict],
       "history": history,
       "seconds": round(seconds, 1),
       "timings": dict(timings),
+      # Training rows a generator added (rsh.generated): which run, step, n, seed.
+      **({"generated": data.added} if getattr(data, "added", None) else {}),
   }
 
 
@@ -266,7 +269,7 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   module = methods.get(config.method)
   loop = loop_config(config)
   batch_size(config)  # its type before any data is loaded
-  data = rdata.prepare(config)
+  data = generated.prepare(config)  # rsh.data.prepare, plus any generated training rows
   fp = fingerprint.fingerprint(data)
   fingerprint.check(workdir, fp, allow_data_change)
   size = batch_size(config, len(data.split.train))

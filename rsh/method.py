@@ -86,6 +86,7 @@ class Method:
   # (state, labels int[n], seed) -> f32[n, 64, 64, c] images of those classes in
   # [-1, 1] (an unconditional generator reads only n); `rsh.gan.make_generate`.
   generate: Callable[[Any, np.ndarray, int], np.ndarray] | None = None
+  conditional: bool = False   # `generate` makes images of the labels asked (a conditional GAN)
   figures: Callable[[Any, pathlib.Path], None] | None = None
   encoders: Mapping[str, Encode] | None = None
   batch_views: Mapping[str, str] | None = None

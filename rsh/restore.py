@@ -18,22 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import pathlib
 from typing import Any, Mapping
 
-import jax
 import ml_collections
 import numpy as np
 
-from rsh import checkpoints
 from rsh import data as rdata
 from rsh import deprecation
-from rsh import features  # noqa: F401  registers the features/<backbone> view
+from rsh import generated  # a run's added training rows, loaded again
 from rsh import method as rmethod
-from rsh import methods
-from rsh.data import fingerprint
+from rsh import runstate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -82,22 +78,7 @@ def config_from_file(spec: str | os.PathLike) -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
-def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (its config.json) as a ConfigDict."""
-  workdir = pathlib.Path(workdir)
-  if not workdir.is_dir():
-    raise FileNotFoundError(f"{workdir} is not a directory: no run to load there")
-  path = workdir / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{workdir} holds no config.json: not the workdir of an rsh run "
-                            "(rsh.runs.run / python -m rsh.main write one)")
-  try:
-    raw = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from None
-  if not isinstance(raw, dict) or "method" not in raw:
-    raise ValueError(f"{path} is not an rsh config (no 'method' key)")
-  return ml_collections.ConfigDict(raw)
+read_config = runstate.read_config
 
 
 # One reader of checkpoint steps: rsh.checkpoints's.
@@ -120,30 +101,9 @@ def load_run(workdir: str | os.PathLike, terms: Mapping[str, Any] | None = None,
       the data changed since the run (`rsh.data.fingerprint.DataChangedError`),
       or no checkpoint can be read (`rsh.checkpoints.CheckpointError`).
   """
-  workdir = pathlib.Path(workdir)
-  config = read_config(workdir)
-  if checkpoints.latest_step(workdir) is None:
-    raise FileNotFoundError(f"{workdir} holds no checkpoint ({workdir / 'checkpoints'} is "
-                            "missing or empty): train the run first")
-  data = rdata.prepare(config)
-  fingerprint.check(workdir, fingerprint.fingerprint(data), allow_data_change,
-                    override="restore.load_run(..., allow_data_change=True)")
-  module = methods.get(config.method)
-  try:
-    method = module.build(config, data, terms=terms)
-  except ValueError as e:
-    if "unknown loss term" in str(e):
-      raise ValueError(f"{e}; if the run in {workdir} was trained with terms of its own, pass "
-                       "them again: restore.load_run(workdir, terms={...})") from None
-    raise
-  # Only the structure is needed to restore into: no parameters are computed.
-  abstract = jax.eval_shape(method.init, jax.random.PRNGKey(int(config.seed)))
-  state = checkpoints.latest_state(workdir, abstract)
-  if state is None:
-    raise FileNotFoundError(f"{workdir}: orbax found no finished checkpoint in "
-                            f"{workdir / 'checkpoints'}")
-  return Run(workdir=workdir, config=config, data=data, method=method, state=state,
-             step=int(jax.device_get(state.step)))
+  run = runstate.restore(workdir, terms, allow_data_change, prepare=generated.prepare)
+  return Run(workdir=pathlib.Path(workdir), config=run.config, data=run.data,
+             method=run.method, state=run.state, step=run.step)
 
 
 def encode(run: Run, set_name: str, view: str | None = None) -> dict[str, np.ndarray]:

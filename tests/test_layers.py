@@ -34,9 +34,11 @@ LAYERS = (
     ("method contract", ("rsh.method",)),
     ("evaluators", ("rsh.evaluators",)),
     ("methods", ("rsh.methods",)),
+    ("saved runs", ("rsh.runstate", "rsh.generated")),
     ("runner", ("rsh.experiment",)),
     ("workdirs", ("rsh.runs",)),
     ("restore", ("rsh.restore",)),
+    ("paper tables", ("rsh.tables_ch4",)),
     ("entry points", ("rsh.main", "rsh.reproduce")),
 )
 

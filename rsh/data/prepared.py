@@ -13,6 +13,10 @@ Its rows are seen through named **views**:
 derived name ("efficientnet_lite0") means its derived view. Labels are
 `int32[n]` classes or multi-hot `uint8[n, c]`; sets are named ("query",
 "archive", "train", plus any split a source ships in `Dataset.splits`).
+
+`with_training_rows(prepared, images, labels, origin)` adds rows to the training
+set only (e.g. a generator's images, `rsh.generated`): the query and archive
+rows, and every view of them, stay byte for byte what they were.
 """
 
 from __future__ import annotations
@@ -97,6 +101,11 @@ class Prepared:
   split: rsplit.Split
   feature_options: dict = dataclasses.field(default_factory=dict)  # derived views' options
   max_dn: int = rbands.MAX_DN     # the pixels view's saturation level (`bands.normalise`)
+  # `with_training_rows`: the blocks of rows whose derived views are computed
+  # apart and stacked (the source's rows, then the added ones), and where the
+  # added rows came from (results.json's `generated`).
+  parts: tuple = ()
+  added: dict | None = None
   _views: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
@@ -155,7 +164,8 @@ class Prepared:
       return extra[name]
     if name not in self._views:
       view, sub = _derived(name)
-      self._views[name] = view.compute(self, sub)
+      self._views[name] = (np.concatenate([p.view(name) for p in self.parts]) if self.parts
+                           else view.compute(self, sub))
     return self._views[name]
 
   def x(self, name: str, view: str | None = PIXELS):
@@ -179,12 +189,14 @@ class Prepared:
   def rgb(self, idx) -> np.ndarray | None:
     """f32[len(idx), 64, 64, 3] in [0, 1] (B04 B03 B02, scaled by `max_dn`), or
     None without them."""
-    names = self.dataset.band_names
+    # The selected bands when they hold R, G, B (the same numbers), else the source's.
+    images, names = self.images, self.band_names
+    if not all(b in names for b in rbands.RGB):
+      images, names = self.dataset.images, self.dataset.band_names
     if not all(b in names for b in rbands.RGB):
       return None
     sel = rbands.band_indices(names, rbands.RGB)
-    return np.asarray(rbands.normalise(self.dataset.images[idx][..., sel], self.max_dn),
-                      np.float32)
+    return np.asarray(rbands.normalise(images[idx][..., sel], self.max_dn), np.float32)
 
 
 class _Lazy:
@@ -200,6 +212,53 @@ class _Lazy:
 
   def __getitem__(self, s):
     return self.prepared.signed(self.idx[s])
+
+
+def with_training_rows(prepared: Prepared, images: np.ndarray, labels: np.ndarray,
+                       origin: dict) -> Prepared:
+  """`prepared` with m more rows in its training set, and nowhere else.
+
+  Args:
+    prepared: class-labelled, without a source's own views (e.g. `s1`), and
+      not already given rows.
+    images: uint16[m, h, w, c], raw digital numbers of `prepared.band_names`
+      (the same h, w, and scale `prepared.max_dn`).
+    labels: int[m] class ids of `prepared.class_names`.
+    origin: where the rows came from, kept as `added` (results.json says it).
+
+  Returns:
+    A `Prepared` of n + m rows: rows 0..n-1 are `prepared`'s (the same query,
+    archive and split), rows n.. the added ones, appended to `split.train`.
+    A derived view (e.g. backbone features) is computed for each block apart
+    and stacked, so the query and archive rows of every view are exactly
+    `prepared`'s (and its on-disk feature cache is reused).
+  """
+  images, labels = np.asarray(images), np.asarray(labels)
+  if prepared.parts or prepared.multi_label or prepared.dataset.views:
+    why = ("it already has added rows" if prepared.parts else "its labels are multi-hot"
+           if prepared.multi_label else f"its source has views {sorted(prepared.dataset.views)}")
+    raise rbands.DataError(f"cannot add training rows to this dataset: {why}")
+  if images.dtype != np.uint16 or images.shape[1:] != prepared.images.shape[1:]:
+    raise rbands.DataError(f"added training rows must be uint16{['m', *prepared.images.shape[1:]]}"
+                           f" (bands {' '.join(prepared.band_names)}), not "
+                           f"{images.dtype}{list(images.shape)}")
+  classes = len(prepared.class_names)
+  if labels.shape != images.shape[:1] or labels.dtype.kind not in "iu" or (
+      labels.size and (labels.min() < 0 or labels.max() >= classes)):
+    raise rbands.DataError(f"added training rows need one class id in [0, {classes}) each; "
+                           f"got {labels.dtype}{list(labels.shape)} for {len(images)} rows")
+  ds = rdataset.Dataset(images=images, labels=labels, class_names=prepared.class_names,
+                        band_names=prepared.band_names, source=str(origin.get("source", "added")))
+  m, n = len(images), len(prepared.labels)
+  block = Prepared(dataset=ds, images=images, labels=ds.labels, band_names=prepared.band_names,
+                   split=rsplit.Split(*(np.zeros(0, np.int64),) * 2, np.arange(m, dtype=np.int64)),
+                   feature_options=prepared.feature_options, max_dn=prepared.max_dn)
+  split = prepared.split._replace(train=np.concatenate(
+      [prepared.split.train, np.arange(n, n + m, dtype=np.int64)]))
+  return dataclasses.replace(
+      prepared, images=np.concatenate([prepared.images, images]),
+      labels=np.concatenate([prepared.labels, ds.labels]), split=split,
+      parts=(prepared, block), added=dict(origin), _views={})
 
 
 def official_split(ds, n_query: int | None, n_train: int | None, seed: int) -> rsplit.Split:

@@ -48,6 +48,12 @@ class Evaluator:
                        f"{', '.join(self.options + self.COMMON)}")
     if "in_loop" in self.cfg:
       self.in_loop = bool(self.cfg["in_loop"])
+    if "leave_one_out" in self.options:
+      loo = self.cfg.get("leave_one_out", False)
+      if not isinstance(loo, (bool, np.bool_)):
+        raise ValueError(f"config.evals.{name}.leave_one_out must be True or False; got "
+                         f"{loo!r}")
+      self.leave_one_out = bool(loo)
 
   def option(self, key: str, default=None):
     """The evaluator's own setting, else the shared `config.eval` one."""

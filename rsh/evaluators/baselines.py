@@ -23,9 +23,11 @@ class Shallow(base.Baseline):
   mean; `itq`: PCA + iterative quantisation (`rsh.shallow`). `input` is the
   view ("pixels", the config's bands in [-1, 1], or a backbone's features,
   e.g. "efficientnet_lite0"); `bits` defaults to `config.model.bits`, `seed`
-  to `config.seed + 1`, ITQ's `iterations` to 50. Computed once per run.
+  to `config.seed + 1`, ITQ's `iterations` to 50. `leave_one_out=True`: the query
+  set ranks itself, each query without its own row (as `retrieval`'s). Computed
+  once per run.
   """
-  options = ("query", "archive", "bits", "seed", "input", "iterations")
+  options = ("query", "archive", "bits", "seed", "input", "iterations", "leave_one_out")
   kind = "lsh"
 
   def __init__(self, name, cfg, ctx):

@@ -29,11 +29,6 @@ class Retrieval(base.Evaluator):
 
   def __init__(self, name, cfg, ctx):
     super().__init__(name, cfg, ctx)
-    self.leave_one_out = self.cfg.get("leave_one_out", False)
-    if not isinstance(self.leave_one_out, (bool, np.bool_)):
-      raise ValueError(f"config.evals.{name}.leave_one_out must be True or False; got "
-                       f"{self.leave_one_out!r}")
-    self.leave_one_out = bool(self.leave_one_out)
     self.query, self.archive = self.sets()
     self.codes, self.vectors = self.cfg.get("codes"), self.cfg.get("vectors")
     self.prefix = str(self.cfg.get("prefix", ""))

@@ -104,5 +104,5 @@ def build(config, data, terms=None) -> rmethod.Method:
   return rmethod.Method(
       init=lambda rng: init_state(config, gen, disc, rng),
       step=gan.make_step(spec, update.optimizer(config.optim), bound),
-      encode=_no_codes, terms=bound, generate=generate,
+      encode=_no_codes, terms=bound, generate=generate, conditional=True,
       figures=make_figures(data, generate, int(config.seed)), step_inputs=("labels",))
