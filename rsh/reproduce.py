@@ -7,7 +7,10 @@ the thesis's number beside ours in every cell and writes it to DIR.
 Variants: `full` (the paper protocol; needs the full EuroSAT), `small` (a small
 folder such as the 369 real GeoTIFFs, `--data_dir=...`), `demo`. Tables 5.6-5.9
 and Fig. 5.14 are UAHM and its baselines (ch. 5); Table 4.1 the IS / FID of the
-conditional GANs' images (ch. 4), each at its config's own training length.
+conditional GANs' images (ch. 4), each at its config's own training length;
+Tables 4.3 / 4.4 triplet hashing (`configs/triplet_hash.py`) trained on real
+images alone or with each GAN's (`rsh.tables_ch4`; the two GANs are trained
+first, or their finished runs in DIR reused, on the same split).
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from rsh import config_lib
 from rsh import paper
 from rsh import platform
 from rsh import runs
+from rsh import tables_ch4
 from rsh import train
 from rsh.workdir import WorkdirLockedError
 
-TABLES = ("4.1", "5.6", "5.7", "5.8", "5.9", "fig5.14")
+TABLES = ("4.1", "4.3", "4.4", "5.6", "5.7", "5.8", "5.9", "fig5.14")
 
 
 class _CodeLengths(flags.ListParser):
@@ -51,8 +55,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs and tables are writt
 _VARIANT = flags.DEFINE_enum("variant", "small", ("full", "small", "demo"), "Protocol size.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "EuroSAT-MS folder (variants full/small).")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per cell; mean ± std when > 1.", lower_bound=1)
-_BITS = flags.DEFINE(_CodeLengths(), "bits", "32,64,128", "Code lengths of Tables 5.7 and 5.8; "
-                     "Tables 5.6 and 5.9 and Fig. 5.14 take one (default 64, 128, 64).",
+_BITS = flags.DEFINE(_CodeLengths(), "bits", "32,64,128", "Code lengths of Tables 5.7 and 5.8 "
+                     "(4.3: default 16,32,64); Tables 4.4, 5.6 and 5.9 and Fig. 5.14 take one "
+                     "(default 32, 64, 128, 64).",
                      serializer=flags.CsvListSerializer(","))
 _STEPS = flags.DEFINE_integer("steps", None, "The training steps of every run.", lower_bound=1)
 _SET = flags.DEFINE_multi_string("set", [], "Extra config override key=value (repeatable).")
@@ -69,7 +74,10 @@ log = logging.getLogger("rsh.reproduce")  # not __name__: this runs as __main__
 
 # Training steps per run where a table needs many runs: `small` is 36 runs for
 # Table 5.7 (4 models x 3 code lengths x 3 seeds), about an hour on 2 CPU cores.
+# The chapter-5 tables only; the others train each config's own length.
 DEFAULT_STEPS = {"small": 40}
+SHORT_TABLES = ("5.6", "5.7", "5.8", "5.9", "fig5.14")
+GANS = ("cdcgan", "acgan")   # configs without codes (no bits)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -97,18 +105,31 @@ def make_config(name: str, bits: int | None, seed: int):
   config.train.progress = False
   if _DATA_DIR.value:
     config.data.dir = _DATA_DIR.value
-  steps = _STEPS.value or (DEFAULT_STEPS.get(_VARIANT.value) if bits else None)
+  if name == "ssm_hash":  # Table 4.3's unsupervised row: triplet_hash's split and protocol
+    config = ssm_on_triplet_protocol(config, bits, seed)
+  short = bits and _TABLE.value in SHORT_TABLES
+  steps = _STEPS.value or (DEFAULT_STEPS.get(_VARIANT.value) if short else None)
   if steps:
     config.train.num_steps = steps
     config.train.eval_every = min(int(config.train.eval_every), max(steps // 2, 1))
   return _apply(config, _SET.value)
 
 
+def ssm_on_triplet_protocol(config, bits: int, seed: int):
+  """SSM-Hash on Table 4.3's test set: each test image ranks the others (leave-one-out)."""
+  ref = load_config("triplet_hash", f"{_VARIANT.value},seed={seed},bits={bits}")
+  config.data.n_query, config.data.n_train = ref.data.n_query, ref.data.n_train
+  config.eval.k, config.eval.n = ref.eval.k, ref.eval.n
+  config.evals = {"retrieval": dict(config.evals.retrieval, leave_one_out=True, archive="query")}
+  return config
+
+
 # The models each table runs; the tables of one code length, with its default.
-TABLE_MODELS = {"4.1": ("cdcgan", "acgan"), "5.6": ("uahm",), "5.9": ("uahm",),
+TABLE_MODELS = {"4.1": GANS, "4.3": ("triplet_hash", *GANS, "ssm_hash"),
+                "4.4": ("triplet_hash", *GANS), "5.6": ("uahm",), "5.9": ("uahm",),
                 "fig5.14": ("uahm", "gan_ms", "gan_rgb"),
                 **dict.fromkeys(("5.7", "5.8"), tuple(dict.fromkeys(n for n, _ in PAPER["5.7"])))}
-ONE_BITS = {"5.6": (64, "SSM quality, which the code length does not change"),
+ONE_BITS = {"4.4": (32, "class-wise MAP@100 at 32 bits in the thesis"), "5.6": (64, "SSM quality, which the code length does not change"),
             "5.9": (128, "class-wise MAP@100 of UAHM's binary codes, 128 bits in the thesis"),
             "fig5.14": (64, "MAP against training steps of UAHM, GAN-MS and GAN-RGB")}
 
@@ -121,6 +142,8 @@ def table_bits() -> list[int]:
     if _BITS.present:
       cli.fail("--bits: --table=4.1 scores generated images; its GANs make no codes")
     return [None]
+  if _TABLE.value == "4.3" and not _BITS.present:
+    return [16, 32, 64]
   if _TABLE.value not in ONE_BITS:
     return bits
   default, what = ONE_BITS[_TABLE.value]
@@ -135,10 +158,10 @@ def table_bits() -> list[int]:
 def check_flags() -> str:
   """Before any work, what absl does not check: the table's --bits and every
   config it builds (--set, --data_dir). Returns config.train.cpu_conv."""
-  configs = []
+  configs, bits = [], table_bits()
   for name in TABLE_MODELS[_TABLE.value]:  # a mistake named with the config it is in
     try:
-      configs += [make_config(name, b, 0) for b in table_bits()]
+      configs += [make_config(name, b, 0) for b in ([None] if name in GANS else bits)]
     except ValueError as e:
       cli.fail(f"{e} (configs/{name}.py)")
   data = configs[0].data
@@ -165,11 +188,18 @@ def figures_drawn(workdir: pathlib.Path, results: dict) -> bool:
           and fig.stat().st_mtime >= (workdir / "results.json").stat().st_mtime)
 
 
-def run_cell(name: str, bits: int, seed: int) -> dict:
-  """Trains (or reuses) one model; returns its results.json."""
-  workdir = pathlib.Path(_WORKDIR.value) / (f"{name}_{bits}b_seed{seed}" if bits
-                                             else f"{name}_seed{seed}")
+def run_cell(name: str, bits: int | None, seed: int, generated: str | None = None) -> dict:
+  """Trains (or reuses) one model; returns its results.json, plus `workdir` and
+  `reused`. `generated`: the GAN config whose images join the training set (its
+  cell trained or reused first, on the same seed and so the same split)."""
+  root = pathlib.Path(_WORKDIR.value)
+  label = f"{name}_{generated}" if generated else name
+  workdir = root / (f"{label}_{bits}b_seed{seed}" if bits else f"{label}_seed{seed}")
   config = make_config(name, bits, seed)
+  if generated:
+    gan = run_cell(generated, None, seed)
+    config.data.generated.workdir = gan["workdir"]
+    config.name = f"{config.name}+{generated}"
   done = runs.load_results(workdir)
   if done is not None and done.get("history"):
     # Never reuse a run of another config (unless --allow_config_change).
@@ -177,7 +207,7 @@ def run_cell(name: str, bits: int, seed: int) -> dict:
     trained = max(r["step"] for r in done["history"])
     if trained == config.train.num_steps and figures_drawn(workdir, done):
       log.info("reusing %s", workdir)
-      return done
+      return {**done, "workdir": str(workdir), "reused": True}
     if trained == config.train.num_steps:  # its final checkpoint, evaluated again
       log.info("%s: finished, its figures not drawn: drawing them", workdir)
     if trained > config.train.num_steps:
@@ -190,13 +220,10 @@ def run_cell(name: str, bits: int, seed: int) -> dict:
   results = runs.run(config, workdir, allow_config_change=_ALLOW_CHANGE.value,
                      allow_data_change=_ALLOW_DATA.value)
   log.info("%s: %.0fs, %s", workdir.name, time.time() - t0, runs.summary_line(results))
-  return results
+  return {**results, "workdir": str(workdir), "reused": False}
 
 
-def _cell(values: list[float]) -> str:
-  if len(values) < 2:
-    return f"{values[0]:.4f}" if values else "—"
-  return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+_cell = paper.cell
 
 
 def table_57_58(table: str) -> str:
@@ -248,31 +275,6 @@ def table_59() -> str:
                     f"variant {_VARIANT.value}, {len(seeds)} seed(s); tie-aware = expected MAP@100 "
                     "over orders within ties", "",
                     "| class | ours | ours, tie-aware | thesis |", "|---|---|---|---|", *rows])
-
-
-def table_41() -> str:
-  """IS / FID of each conditional GAN's generated images, and the real images' floor."""
-  seeds, cells, backbones = range(_SEEDS.value), {}, set()
-  for name in TABLE_MODELS["4.1"]:
-    for s in seeds:
-      res = run_cell(name, None, s)
-      for key, v in res["metrics"].items():
-        if key.startswith("generated/"):
-          _, backbone, metric = key.split("/")
-          backbones.add(backbone)
-          cells.setdefault((name, metric), []).append(v)
-  rows = [f"| {label} | {_cell(cells.get((name, 'is'), []))} ({PAPER['4.1'][name][0]:.4f}) | "
-          f"{_cell(cells.get((name, 'fid'), []))} ({PAPER['4.1'][name][1]:.2f}) |"
-          for name, label in (("cdcgan", "C-DCGAN"), ("acgan", "ACGAN"))]
-  rows.append(f"| real training images: IS; FID half vs half (the floor, not in thesis) | "
-              f"{_cell(cells.get(('acgan', 'is_real'), []))} | "
-              f"{_cell(cells.get(('acgan', 'fid_real_halves'), []))} |")
-  named = ", ".join(sorted(backbones)) or "?"
-  return "\n".join([f"Table 4.1 — generated image quality, ours on {named} (the thesis: "
-                    "Inception classifiers, in brackets; numbers on another backbone are not "
-                    f"the paper's metric); variant {_VARIANT.value}, {len(seeds)} seed(s)", "",
-                    "| model | IS (higher is better) | FID (lower is better) |", "|---|---|---|",
-                    *rows])
 
 
 # Table 5.6's rows: ours, its config.ssm.spatial and .spectral, the thesis's row beside it.
@@ -367,7 +369,11 @@ def _main(argv):
   jax.config.update("jax_compilation_cache_dir", str(cache / "jax"))
   table = _TABLE.value
   try:
-    text = {"4.1": table_41, "5.6": table_56, "5.7": lambda: table_57_58("5.7"), "5.8": lambda: table_57_58("5.8"),
+    seeds, variant = range(_SEEDS.value), _VARIANT.value
+    text = {"4.1": lambda: tables_ch4.table_41(run_cell, seeds, variant),
+            "4.3": lambda: tables_ch4.table_43(run_cell, seeds, table_bits(), variant),
+            "4.4": lambda: tables_ch4.table_44(run_cell, seeds, table_bits()[0], variant),
+            "5.6": table_56, "5.7": lambda: table_57_58("5.7"), "5.8": lambda: table_57_58("5.8"),
             "5.9": table_59, "fig5.14": fig_514}[table]()
   except (ValueError, OSError, runs.ConfigMismatchError, train.NonFiniteLossError,
           checkpoints.CheckpointError, WorkdirLockedError) as e:
