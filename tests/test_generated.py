@@ -12,8 +12,10 @@ import pytest
 from rsh import data as rdata
 from rsh import generated
 from rsh import losses as rlosses
+from rsh import paper
 from rsh import restore
 from rsh import runs
+from rsh import tables_ch4
 
 from tests.conftest import cli_main, one_error_line
 
@@ -176,3 +178,55 @@ def test_a_smoke_run_on_real_and_generated_images(gan, tmp_path, monkeypatch):
   bad = cli_main(f"--config={SMOKE}", f"--workdir={tmp_path / 'bad'}",
                  f"--config.data.generated.workdir={tmp_path / 'absent'}")
   one_error_line(bad, str(tmp_path / "absent"))
+
+
+def _fake_results(cond, bits, seed, k=49):
+  """A triplet_hash results.json whose MAP encodes its cell (class c: 0.5 + c / 100)."""
+  shift = {"real": 0.0, "cdcgan": 0.01, "acgan": -0.02}[cond] + bits / 1000
+  names = list(paper.PAPER["5.9"])   # EuroSAT's classes, in order
+  metrics = {f"map@{k}": 0.6 + shift, f"map@{k}/tie_aware": 0.59 + shift}
+  for c, name in enumerate(names):
+    metrics[f"classwise_map@{k}/{name}"] = 0.5 + c / 100 + shift
+    metrics[f"classwise_map@{k}/tie_aware/{name}"] = 0.49 + c / 100 + shift
+  return {"metrics": metrics, "protocol": {"retrieval": {"k": k}}, "n_query": 50,
+          "n_train": 319 + (0 if cond == "real" else 60),
+          "generated": None if cond == "real" else {"n": 60},
+          "baselines": {"itq_features": {f"map@{k}": 0.5}, "lsh_features": {f"map@{k}": 0.3}}}
+
+
+def _fake_run(calls):
+  def run(name, bits, seed, generated=None):
+    calls.append((name, bits, seed, generated))
+    if name in ("cdcgan", "acgan"):
+      return {"workdir": f"/runs/{name}_seed{seed}", "reused": name == "acgan",
+              "history": [{"step": 1000}], "metrics": {}}
+    if name == "ssm_hash":
+      return {"metrics": {"map@49": 0.45}}
+    return _fake_results(generated or "real", bits, seed)
+  return run
+
+
+def test_table_43_puts_the_thesis_beside_every_cell_and_names_the_generators():
+  calls = []
+  text = tables_ch4.table_43(_fake_run(calls), [0], [16, 32, 64], "small")
+  assert ("triplet_hash", 32, 0, "acgan") in calls and ("ssm_hash", 64, 0, None) in calls
+  assert "MAP@49" in text and "the other 49" in text and "+ 60 generated" in text
+  assert "| Only real images | 0.6160 (0.9338) | 0.6320 (0.9357) | 0.6640 (0.9334) |" in text
+  assert "| Real + ACGAN images | 0.5960 (0.9217) | 0.6120 (0.9404) | 0.6440 (0.9313) |" in text
+  assert "| ITQ on the same features, real images (not in thesis) | 0.5000 |" in text
+  assert "| SSM-Hash (rsh's, no labels), real images (not in thesis) | 0.4500 |" in text
+  assert "/runs/cdcgan_seed0 (1000 steps; trained now)" in text
+  assert "/runs/acgan_seed0 (1000 steps; reused, finished before)" in text
+
+
+def test_table_44_gives_class_wise_map_and_the_change_against_real():
+  text = tables_ch4.table_44(_fake_run([]), [0], 32, "small")
+  lines = {l.split(" | ")[0]: l for l in text.splitlines() if l.startswith("| ")}
+  real = lines["| Only real images"]
+  assert "| 0.5320 (0.9844) |" in real and real.endswith("| 0.6320 (0.9357) |")  # Ann., ALL
+  change = lines["| Real + C-DCGAN images: change vs real (Table 4.5)"]
+  # Annual crop: (0.542 - 0.532) / 0.532 = +1.88 %; the thesis's -3.29 % beside it.
+  assert change.split(" | ")[1] == "+1.88% (-3.29%)", change
+  # Annual crop and forest, tie-aware: 0.49 + c / 100 + 0.032.
+  assert lines["| Only real images, tie-aware"].startswith("| Only real images, tie-aware | "
+                                                          "0.5220 | 0.5320 |")

@@ -251,7 +251,7 @@ def test_table_59_is_of_the_code_length_asked_for(tmp_path, monkeypatch, run_cli
   assert "UAHM binary 128 bits;" in out.stdout and "| AnnualCrop | 0.2500 | 0.1500 |" in out.stdout
 
 
-@pytest.mark.parametrize("table, default", [("5.9", "128"), ("fig5.14", "64")])
+@pytest.mark.parametrize("table, default", [("5.9", "128"), ("fig5.14", "64"), ("4.4", "32")])
 def test_a_table_of_one_code_length_refuses_several(tmp_path, run_cli, no_training, table,
                                                     default):
   # Several --bits were ignored: Table 5.9 ran 128 bits, Fig. 5.14 64.
