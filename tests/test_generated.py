@@ -230,3 +230,49 @@ def test_table_44_gives_class_wise_map_and_the_change_against_real():
   # Annual crop and forest, tie-aware: 0.49 + c / 100 + 0.032.
   assert lines["| Only real images, tie-aware"].startswith("| Only real images, tie-aware | "
                                                           "0.5220 | 0.5320 |")
+
+
+def test_reproduce_table_43_trains_each_generator_once_and_feeds_it_to_its_cells(
+    tmp_path, monkeypatch, run_cli):
+  """The command line's wiring, each run faked (`runs.run` records its config)."""
+  seen = []
+
+  def fake_run(config, workdir, **_):
+    seen.append((workdir.name, config))
+    gen = config.data.get("generated")
+    cond = "real" if gen is None or gen.workdir is None else (
+        "cdcgan" if "cdcgan" in gen.workdir else "acgan")
+    res = ({"metrics": {}} if config.method == "cgan" else
+           {"metrics": {"map@99": 0.45}} if config.name == "ssm_hash" else
+           _fake_results(cond, config.model.bits, config.seed, k=99))
+    res = {"method": config.method, "name": config.name, "bits": None, "history":
+           [{"step": int(config.train.num_steps)}], "figures": [], "baselines": {}, **res}
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(runs.config_to_dict(config)))
+    (workdir / "results.json").write_text(json.dumps(res))
+    return res
+
+  monkeypatch.setattr(runs, "run", fake_run)
+  monkeypatch.setattr(runs, "summary_line", lambda res: "")
+  root = tmp_path / "t43"
+  out = run_cli("--table=4.3", f"--workdir={root}", "--variant=demo", "--bits=16,32",
+                module="rsh.reproduce")
+  assert out.returncode == 0, out.stderr[-3000:]
+  names = [name for name, _ in seen]
+  assert names.count("cdcgan_seed0") == 1 and names.count("acgan_seed0") == 1
+  assert names.index("cdcgan_seed0") < names.index("triplet_hash_cdcgan_16b_seed0")
+  configs = dict(seen)
+  assert configs["triplet_hash_acgan_32b_seed0"].data.generated.workdir == str(
+      root / "acgan_seed0")
+  assert configs["triplet_hash_32b_seed0"].data.generated.workdir is None
+  assert configs["triplet_hash_acgan_32b_seed0"].train.num_steps == 2_000   # its own length
+  ssm = configs["ssm_hash_16b_seed0"]
+  assert ssm.evals.retrieval.leave_one_out and ssm.evals.retrieval.archive == "query"
+  assert (ssm.data.n_query, ssm.data.n_train, ssm.eval.k) == (10, None, 99)
+  assert "| Only real images | 0.6160 (0.9338) | 0.6320 (0.9357) |" in out.stdout
+  assert "acgan_seed0 (2 steps" not in out.stdout and "trained now" in out.stdout
+  # Table 4.4 reuses every cell.
+  out = run_cli("--table=4.4", f"--workdir={root}", "--variant=demo", module="rsh.reproduce")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert len(seen) == 2 + 6 + 2 and "reused, finished before" in out.stdout
+  assert "| Real + ACGAN images: change vs real (Table 4.5) |" in out.stdout
