@@ -357,7 +357,9 @@ def _d_value_and_grads(impl):
 
 def _assert_same_training_signal(fast, plain):
   (l1, g1), (l2, g2) = fast, plain
-  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  # The loss to 5e-5: the kernels' rounding, amplified by BatchNorm (above), reached
+  # 1.2e-5 relative on one Xeon and under 1e-5 on another; a wrong kernel is off by far more.
+  np.testing.assert_allclose(l1, l2, rtol=5e-5)
   # To 1e-5 of the gradients' scale: a conv bias followed by BatchNorm has a true
   # gradient of 0, so what both forms give there is rounding of large sums.
   scale = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g2))
