@@ -261,10 +261,11 @@ def finish(c: ml_collections.ConfigDict, variant: str, variants: dict | None = N
 _SECTIONS = ("data", "eval", "evals", "losses", "model", "optim", "ssm", "train")
 
 
-def apply_overrides(config, overrides: list[str]):
+def apply_overrides(config, overrides: list[str], only_present: bool = False):
   """`rsh.reproduce`'s `--set key=value` overrides; one for a section a config does
   not have (e.g. `ssm.*` for GAN-MS, which builds no SSM) is skipped for that
-  config only."""
+  config only. `only_present`: skip any key the config lacks (a table's other
+  configs, when its main one has checked every key)."""
   for item in overrides:
     if "=" not in item:
       raise ValueError(f"--set {item!r}: expected key=value, e.g. --set=train.num_steps=100")
@@ -278,16 +279,19 @@ def apply_overrides(config, overrides: list[str]):
       continue
     for i, p in enumerate(path + [last]):
       if not hasattr(node, "keys") or p not in node:
+        if only_present:
+          break
         where = ".".join(["config"] + path[:i])
         raise ValueError(f"--set {item!r}: {where} has no key {p!r}"
                          + (f"; it has {', '.join(sorted(node.keys()))}"
                             if hasattr(node, "keys") else ""))
       if i < len(path):
         node = node[p]
-    try:
-      node[last] = convert(node[last], value)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"--set {item!r}: {e}") from None
+    else:  # every key found
+      try:
+        node[last] = convert(node[last], value)
+      except (TypeError, ValueError) as e:
+        raise ValueError(f"--set {item!r}: {e}") from None
   return config
 
 

@@ -112,7 +112,10 @@ def make_config(name: str, bits: int | None, seed: int):
   if steps:
     config.train.num_steps = steps
     config.train.eval_every = min(int(config.train.eval_every), max(steps // 2, 1))
-  return _apply(config, _SET.value)
+  # Tables 4.3 / 4.4: every --set key is checked on triplet_hash's config, and set
+  # in the GANs' and SSM-Hash's where they have it (e.g. data.generated.n is not theirs).
+  others = _TABLE.value in ("4.3", "4.4") and name != "triplet_hash"
+  return _apply(config, _SET.value, only_present=others)
 
 
 def ssm_on_triplet_protocol(config, bits: int, seed: int):

@@ -256,7 +256,7 @@ def test_reproduce_table_43_trains_each_generator_once_and_feeds_it_to_its_cells
   monkeypatch.setattr(runs, "summary_line", lambda res: "")
   root = tmp_path / "t43"
   out = run_cli("--table=4.3", f"--workdir={root}", "--variant=demo", "--bits=16,32",
-                module="rsh.reproduce")
+                "--set=data.generated.n=7", module="rsh.reproduce")
   assert out.returncode == 0, out.stderr[-3000:]
   names = [name for name, _ in seen]
   assert names.count("cdcgan_seed0") == 1 and names.count("acgan_seed0") == 1
@@ -265,14 +265,20 @@ def test_reproduce_table_43_trains_each_generator_once_and_feeds_it_to_its_cells
   assert configs["triplet_hash_acgan_32b_seed0"].data.generated.workdir == str(
       root / "acgan_seed0")
   assert configs["triplet_hash_32b_seed0"].data.generated.workdir is None
+  assert configs["triplet_hash_acgan_16b_seed0"].data.generated.n == 7   # --set, not the GANs'
+  assert "generated" not in configs["cdcgan_seed0"].data
   assert configs["triplet_hash_acgan_32b_seed0"].train.num_steps == 2_000   # its own length
   ssm = configs["ssm_hash_16b_seed0"]
   assert ssm.evals.retrieval.leave_one_out and ssm.evals.retrieval.archive == "query"
   assert (ssm.data.n_query, ssm.data.n_train, ssm.eval.k) == (10, None, 99)
   assert "| Only real images | 0.6160 (0.9338) | 0.6320 (0.9357) |" in out.stdout
   assert "acgan_seed0 (2 steps" not in out.stdout and "trained now" in out.stdout
+  typo = run_cli("--table=4.3", f"--workdir={root}", "--variant=demo", "--set=data.generatd.n=7",
+                 module="rsh.reproduce")
+  one_error_line(typo, "data.generatd.n=7", "'generatd'")
   # Table 4.4 reuses every cell.
-  out = run_cli("--table=4.4", f"--workdir={root}", "--variant=demo", module="rsh.reproduce")
+  out = run_cli("--table=4.4", f"--workdir={root}", "--variant=demo", "--set=data.generated.n=7",
+                module="rsh.reproduce")
   assert out.returncode == 0, out.stderr[-3000:]
   assert len(seen) == 2 + 6 + 2 and "reused, finished before" in out.stdout
   assert "| Real + ACGAN images: change vs real (Table 4.5) |" in out.stdout
