@@ -26,15 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 
 from rsh import checkpoints
 from rsh import data as rdata
 from rsh import runstate
+from rsh.weights import convert
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +72,8 @@ def prepare(config) -> rdata.Prepared:
   return out
 
 
-def _finished_step(workdir: pathlib.Path) -> tuple[int, dict]:
-  """The generator run's last checkpoint step and its config, refused unless finished."""
+def _finished_step(workdir: pathlib.Path) -> int:
+  """The generator run's last checkpoint step, refused unless it is the run's last."""
   what = f"config.data.generated.workdir={workdir}"
   try:
     config = runstate.read_config(workdir)
@@ -85,7 +84,7 @@ def _finished_step(workdir: pathlib.Path) -> tuple[int, dict]:
     done = "no checkpoint" if step is None else f"its last checkpoint is step {step}"
     raise ValueError(f"{what}: the generator run is unfinished ({done} of {total}); "
                      "finish it first (the same python -m rsh.main command resumes it)")
-  return step, config
+  return step
 
 
 def _key(workdir: pathlib.Path, step: int, s: dict, data: rdata.Prepared) -> str:
@@ -141,18 +140,6 @@ def _make(workdir: pathlib.Path, s: dict, data: rdata.Prepared) -> dict:
               method=str(run.config.method))
 
 
-def _save(path: pathlib.Path, arrays: dict) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-
-
 def _load(path: pathlib.Path | None) -> dict | None:
   if path is None or not path.exists():
     return None
@@ -168,14 +155,14 @@ def rows(s: dict, data: rdata.Prepared, cache_dir=None) -> tuple[np.ndarray, np.
   """(uint16[n, h, w, c] images of `data.band_names`, int32[n] labels, origin) for
   the checked `spec` `s`: from the cache, else made and cached."""
   workdir = pathlib.Path(s["workdir"])
-  step, _ = _finished_step(workdir)
+  step = _finished_step(workdir)
   root = rdata.cache_root(cache_dir)
   path = None if root is None else root / "generated" / f"{_key(workdir, step, s, data)}.npz"
   made = _load(path)
   if made is None:
     made = _make(workdir, s, data)
     if path is not None:
-      _save(path, {k: np.asarray(v) for k, v in made.items()})
+      convert.save_npz_atomic(path, {k: np.asarray(v) for k, v in made.items()})
   if made["images"].shape[1:] != data.images.shape[1:]:
     raise ValueError(f"config.data.generated.workdir={workdir}: its images are "
                      f"{list(made['images'].shape[1:])}, this dataset's "

@@ -1,6 +1,8 @@
 """The published numbers rsh reproduces, as printed in the sources
 (`../shared/spec/sources/`), keyed by table: `rsh.reproduce` prints ours beside them."""
 
+import numpy as np
+
 # The thesis's numbers (ch. 4 and 5), as published.
 PAPER = {
     "5.7": {  # MAP@100
@@ -56,7 +58,6 @@ ROW_NAMES = {("dhnn_ms", "binary"): "DHNN-MS (bin)", ("gan_rgb", "nonbinary"): "
 
 def cell(values: list[float]) -> str:
   """One table cell of ours: the value, or mean ± std over seeds; "—" for none."""
-  import numpy as np
   if len(values) < 2:
     return f"{values[0]:.4f}" if values else "—"
   return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"

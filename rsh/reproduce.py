@@ -132,7 +132,8 @@ TABLE_MODELS = {"4.1": GANS, "4.3": ("triplet_hash", *GANS, "ssm_hash"),
                 "4.4": ("triplet_hash", *GANS), "5.6": ("uahm",), "5.9": ("uahm",),
                 "fig5.14": ("uahm", "gan_ms", "gan_rgb"),
                 **dict.fromkeys(("5.7", "5.8"), tuple(dict.fromkeys(n for n, _ in PAPER["5.7"])))}
-ONE_BITS = {"4.4": (32, "class-wise MAP@100 at 32 bits in the thesis"), "5.6": (64, "SSM quality, which the code length does not change"),
+ONE_BITS = {"4.4": (32, "class-wise MAP@100 at 32 bits in the thesis"),
+            "5.6": (64, "SSM quality, which the code length does not change"),
             "5.9": (128, "class-wise MAP@100 of UAHM's binary codes, 128 bits in the thesis"),
             "fig5.14": (64, "MAP against training steps of UAHM, GAN-MS and GAN-RGB")}
 

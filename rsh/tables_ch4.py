@@ -76,6 +76,12 @@ def _runs(run: Run, seeds, bits) -> dict:
           for key, gen, _ in CONDITIONS for b in bits for s in seeds}
 
 
+def _n_generated(res: dict) -> str:
+  """How many generated images the runs of Table 4.3 added (from their results.json)."""
+  return next((str(r["generated"]["n"]) for (cond, _, _), r in res.items()
+               if cond != "real" and r.get("generated")), "?")
+
+
 def table_43(run: Run, seeds: Sequence[int], bits: Sequence[int], variant: str) -> str:
   """MAP@100 of triplet hashing on each training set; ITQ / LSH / SSM-Hash beside it."""
   gens = _generators(run, seeds)
@@ -100,17 +106,10 @@ def table_43(run: Run, seeds: Sequence[int], bits: Sequence[int], variant: str) 
   return "\n".join([
       f"Table 4.3 — {key.upper()} of triplet hashing, each of {n_test} test images against "
       f"the other {n_test - 1} (the thesis: MAP@100 of 1,000, in brackets); {n_train} real "
-      f"training images, + {first_generated(res)} generated ones; variant {variant}, "
+      f"training images, + {_n_generated(res)} generated ones; variant {variant}, "
       f"{len(seeds)} seed(s)", "", "Generators:", *gens, "",
       "| training set | " + " | ".join(f"{b} bits" for b in bits) + " |",
       "|" + "---|" * (len(bits) + 1), *rows])
-
-
-def first_generated(res: dict) -> str:
-  for (cond, _, _), r in res.items():
-    if cond != "real" and r.get("generated"):
-      return str(r["generated"]["n"])
-  return "?"
 
 
 def table_44(run: Run, seeds: Sequence[int], bits: int, variant: str) -> str:

@@ -17,7 +17,7 @@ from rsh import restore
 from rsh import runs
 from rsh import tables_ch4
 
-from tests.conftest import cli_main, one_error_line
+from tests.conftest import cli_main, one_error_line, with_overrides
 
 SMOKE = "configs/triplet_hash.py:smoke"
 
@@ -45,13 +45,7 @@ def _hash_config(gan, n=20, **changes):
   config.data.cache_dir = cache
   config.data.generated.workdir = None if workdir is None else str(workdir)
   config.data.generated.n = n
-  for key, value in changes.items():
-    *path, leaf = key.split(".")
-    node = config
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return with_overrides(config, changes)
 
 
 def test_generated_rows_enter_the_training_set_only(gan):

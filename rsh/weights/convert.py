@@ -179,13 +179,18 @@ def save_variables(path: str | os.PathLike, variables: Mapping) -> None:
   A temporary file in the same directory is renamed into place, so a reader
   never sees a half-written cache and concurrent writers do not collide.
   """
+  save_npz_atomic(path, {"/".join(p): np.asarray(v) for p, v in leaves(variables)})
+
+
+def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+  """`np.savez(path, **arrays)` through a temporary file in the same directory,
+  renamed into place: a reader never sees a half-written file."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  flat = {"/".join(p): np.asarray(v) for p, v in leaves(variables)}
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
   try:
     with os.fdopen(fd, "wb") as f:
-      np.savez(f, **flat)
+      np.savez(f, **arrays)
     os.replace(tmp, path)
   except BaseException:
     pathlib.Path(tmp).unlink(missing_ok=True)
