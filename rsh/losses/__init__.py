@@ -8,7 +8,9 @@ Two layers:
        `hashing`      binary (eq. 5.5), quantisation, bit balance;
        `contrastive`  NT-Xent, InfoNCE, angular, intra-modal top-k;
        `metric`       triplets: given, stacked (MiLAN), batch-hard, batch-all,
-                      semi-hard; MiLAN's push and code balance;
+                      semi-hard (each with an optional row `mask`); MiLAN's
+                      push and code balance;
+       `interclass`   MIRS's inter-class triplets from K-means clusters;
        `pairwise`     label similarity, pairwise likelihood, semantic (eq. 5.6).
   2. Terms bound to their inputs by the config (kauldron's keyed losses):
        config.losses.semantic = dict(weight=0.1, on="discriminator",
@@ -63,6 +65,7 @@ from rsh.losses.adversarial import (classification_loss, discriminator_adversari
                                     generator_adversarial_loss, gradient_penalty_loss)
 from rsh.losses.contrastive import angular_loss, infonce_loss, intra_topk_loss, nt_xent_loss
 from rsh.losses.hashing import binary_loss, bit_balance_loss, quantisation_loss
+from rsh.losses.interclass import interclass_loss, interclass_mask
 from rsh.losses.metric import (MINERS, batch_all_loss, batch_hard_loss, code_balance_loss,
                                pairwise_distances, positive_mask, push_loss, semi_hard_loss,
                                stacked_triplet_loss, triplet_loss)
@@ -74,7 +77,7 @@ __all__ = [
     "Bound", "LOSSES", "MINERS", "MissingInputError", "Term", "angular_loss", "as_term",
     "batch_all_loss", "batch_hard_loss", "binary_loss", "bind", "bit_balance_loss",
     "classification_loss", "code_balance_loss", "discriminator_adversarial_loss",
-    "generator_adversarial_loss", "gradient_penalty_loss", "infonce_loss", "input_keys",
+    "generator_adversarial_loss", "gradient_penalty_loss", "infonce_loss", "input_keys", "interclass_loss", "interclass_mask",
     "intra_topk_loss", "label_similarity", "nt_xent_loss", "pairwise_distances",
     "pairwise_similarity_loss", "positive_mask", "push_loss", "quantisation_loss", "resolve",
     "semantic_loss", "semi_hard_loss", "stacked_triplet_loss", "total_loss", "triplet_loss",
@@ -84,9 +87,12 @@ __all__ = [
 @dataclasses.dataclass(frozen=True)
 class Term:
   """A loss function of arrays and, per array argument, the key it reads by
-  default (None: no default, the config must name the key)."""
+  default (None: no default, the config must name the key). `optional` names
+  array arguments read only when the config binds them to a key (e.g. a
+  miner's `mask="labelled"`); otherwise the function's default (None) holds."""
   fn: Callable[..., Array]
   inputs: Mapping[str, str | None]
+  optional: tuple[str, ...] = ()
 
 
 def as_term(obj) -> Term:
@@ -126,9 +132,13 @@ LOSSES: Mapping[str, Term] = types.MappingProxyType({
     # Metric learning (MiLAN, thesis ch. 4): triplet terms on the codes, the
     # code-shape terms on the sigmoid outputs.
     "triplet": Term(stacked_triplet_loss, {"codes": "hash"}),
-    "batch_hard": Term(batch_hard_loss, {"codes": "hash", "labels": "labels"}),
-    "batch_all": Term(batch_all_loss, {"codes": "hash", "labels": "labels"}),
-    "semi_hard": Term(semi_hard_loss, {"codes": "hash", "labels": "labels"}),
+    "batch_hard": Term(batch_hard_loss, {"codes": "hash", "labels": "labels"}, ("mask",)),
+    "batch_all": Term(batch_all_loss, {"codes": "hash", "labels": "labels"}, ("mask",)),
+    "semi_hard": Term(semi_hard_loss, {"codes": "hash", "labels": "labels"}, ("mask",)),
+    # MIRS: triplets from K-means clusters of the frozen features (a method's
+    # `clusters` batch input, rsh/methods/feature_hash.py).
+    "interclass": Term(interclass_loss, {"codes": "hash", "labels": "labels",
+                                         "clusters": "clusters"}, ("mask",)),
     "push": Term(push_loss, {"codes": "sigmoid"}),
     "balance": Term(code_balance_loss, {"codes": "sigmoid"}),
 })
@@ -182,15 +192,17 @@ def bind(losses_config: Mapping[str, Any], *, nets: Sequence[str],
     if isinstance(weight, (int, float, np.number)):
       weight = float(weight)
     params = inspect.signature(term.fn).parameters
-    options = [p for p, v in params.items() if v.default is not inspect.Parameter.empty]
+    options = [p for p, v in params.items() if v.default is not inspect.Parameter.empty
+               and p not in term.optional]
     inputs, kwargs = dict(term.inputs), {}
     for key, value in entry.items():
-      if key in inputs:
+      if key in inputs or key in term.optional:
         inputs[key] = str(value)
       elif key in options:
         kwargs[key] = value
       else:
-        raise ValueError(f"{where}.{key}: not an input ({', '.join(inputs)}) nor an "
+        known = ", ".join([*inputs, *term.optional])
+        raise ValueError(f"{where}.{key}: not an input ({known}) nor an "
                          f"option ({', '.join(options) or 'none'}) of the term")
     unnamed = [arg for arg, key in inputs.items() if key is None]
     if unnamed:

@@ -10,7 +10,8 @@ negative sharing none; it pays relu(d(a, p) - d(a, n) + margin):
                           (Hermans et al. 2017);
   `batch_all_loss`        every valid triplet of the batch;
   `semi_hard_loss`        per positive pair, the semi-hard negative (FaceNet;
-                          TF-Addons' `triplet_semihard_loss`).
+                          TF-Addons' `triplet_semihard_loss`);
+  (MIRS's inter-class triplets from clusters: `rsh.losses.interclass`).
 MiLAN's code-shape terms on sigmoid outputs s in [0, 1]:
   `push_loss`             -mean (s - 0.5)^2, a reward pushing s to 0 or 1;
   `code_balance_loss`     each code half ones.
@@ -19,6 +20,8 @@ Distances (`pairwise_distances`) are by default squared Euclidean between
 L2-normalised rows, as in MiLAN's public code (margin 0.2); `squared=False`
 takes the root (with a finite gradient at 0), `normalise=False` uses the raw
 codes. Labels are int[b] class ids or multi-hot [b, c] (`positive_mask`).
+The miners take an optional `mask` (bool[b]): only those rows are anchors,
+positives or negatives (e.g. the labelled domain's rows of a mixed batch).
 
 Every loss is jittable and differentiable, has no state, and returns an f32[]
 scalar; the miners return 0.0 (with zero gradients) when the batch holds no
@@ -97,15 +100,27 @@ def positive_mask(labels: Array) -> Array:
   return label_similarity(labels, labels) > 0
 
 
-def _prepare(where, codes, labels, normalise, squared):
+def _rows_taking_part(where, codes, mask) -> Array:
+  """bool[b, b]: both rows of a pair are in `mask` (all True when it is None)."""
+  b = codes.shape[0]
+  if mask is None:
+    return jnp.ones((b, b), bool)
+  if jnp.shape(mask) != (b,):
+    raise ValueError(f"{where}: mask must be bool[{b}] (one per row), got shape "
+                     f"{tuple(jnp.shape(mask))}")
+  m = jnp.asarray(mask).astype(bool)
+  return m[:, None] & m[None, :]
+
+
+def _prepare(where, codes, labels, normalise, squared, mask=None):
   """Checked shapes -> (f32[b, b] distances, bool[b, b] positives, negatives), the
-  diagonal in neither."""
+  diagonal in neither, nor any row outside `mask`."""
   check_rank2(where, codes=codes)
   _check_labels(where, labels)
   check_same(where, 0, "batch", codes=codes, labels=labels)
   d = pairwise_distances(codes, normalise=normalise, squared=squared)
   same = positive_mask(labels)
-  off = ~jnp.eye(d.shape[0], dtype=bool)
+  off = ~jnp.eye(d.shape[0], dtype=bool) & _rows_taking_part(where, codes, mask)
   return d, same & off, ~same & off
 
 
@@ -163,8 +178,9 @@ def stacked_triplet_loss(codes: Array, *, margin: float = 0.2, normalise: bool =
                       normalise=normalise, squared=squared)
 
 
-def batch_hard_loss(codes: Array, labels: Array, *, margin: float = 0.2, normalise: bool = True,
-                    squared: bool = True, soft: bool = False) -> Array:
+def batch_hard_loss(codes: Array, labels: Array, mask: Array | None = None, *,
+                    margin: float = 0.2, normalise: bool = True, squared: bool = True,
+                    soft: bool = False) -> Array:
   """Batch-hard triplet loss (Hermans, Beyer and Leibe 2017).
 
   Per anchor a: d_hp = max d(a, p) over the other rows sharing a label with a,
@@ -173,6 +189,7 @@ def batch_hard_loss(codes: Array, labels: Array, *, margin: float = 0.2, normali
   Args:
     codes: f32[b, l] codes.
     labels: int[b] class ids or multi-hot [b, c] (see `positive_mask`).
+    mask: optional bool[b], the rows that take part (None: all).
     margin, normalise, squared: as in `triplet_loss`.
     soft: softplus(d_hp - d_hn) instead of relu(d_hp - d_hn + margin).
 
@@ -180,7 +197,7 @@ def batch_hard_loss(codes: Array, labels: Array, *, margin: float = 0.2, normali
     f32[] scalar: the mean per-anchor loss over the anchors with at least one
     positive and one negative; 0.0 when there is none.
   """
-  d, pos, neg = _prepare("batch_hard_loss", codes, labels, normalise, squared)
+  d, pos, neg = _prepare("batch_hard_loss", codes, labels, normalise, squared, mask)
   valid = jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
   d_hp = jnp.where(valid, jnp.max(jnp.where(pos, d, -jnp.inf), axis=1), 0.0)
   d_hn = jnp.where(valid, jnp.min(jnp.where(neg, d, jnp.inf), axis=1), 0.0)
@@ -188,8 +205,9 @@ def batch_hard_loss(codes: Array, labels: Array, *, margin: float = 0.2, normali
   return _masked_mean(per, valid)
 
 
-def batch_all_loss(codes: Array, labels: Array, *, margin: float = 0.2, normalise: bool = True,
-                   squared: bool = True, reduce: str = "nonzero") -> Array:
+def batch_all_loss(codes: Array, labels: Array, mask: Array | None = None, *,
+                   margin: float = 0.2, normalise: bool = True, squared: bool = True,
+                   reduce: str = "nonzero") -> Array:
   """Batch-all triplet loss: every valid triplet of the batch (an f32[b, b, b] tensor).
 
   Valid: a != p, p shares a label with a, n shares none.
@@ -197,6 +215,7 @@ def batch_all_loss(codes: Array, labels: Array, *, margin: float = 0.2, normalis
   Args:
     codes: f32[b, l] codes.
     labels: int[b] class ids or multi-hot [b, c] (see `positive_mask`).
+    mask: optional bool[b], the rows that take part (None: all).
     margin, normalise, squared: as in `triplet_loss`.
     reduce: "nonzero": the mean of relu(d_ap - d_an + margin) over the valid
       triplets whose loss is > 1e-16 (omoindrot's batch_all,
@@ -210,16 +229,20 @@ def batch_all_loss(codes: Array, labels: Array, *, margin: float = 0.2, normalis
   if reduce not in _REDUCES:
     raise ValueError(f"{where}: unknown reduce {reduce!r}; known: "
                      f"{', '.join(map(repr, _REDUCES))}")
-  d, pos, neg = _prepare(where, codes, labels, normalise, squared)
-  valid = pos[:, :, None] & neg[:, None, :]
+  d, pos, neg = _prepare(where, codes, labels, normalise, squared, mask)
+  return _reduce_triplets(d, pos[:, :, None] & neg[:, None, :], margin, reduce)
+
+
+def _reduce_triplets(d: Array, valid: Array, margin: float, reduce: str) -> Array:
+  """`batch_all_loss`'s reduction of relu(d_ap - d_an + margin) over `valid` [a, p, n]."""
   per = jax.nn.relu(d[:, :, None] - d[:, None, :] + margin)
   counted = valid & (per > 1e-16) if reduce == "nonzero" else valid
   total = jnp.sum(jnp.where(valid, per, 0.0))
   return (total / jnp.maximum(jnp.sum(counted), 1)).astype(jnp.float32)
 
 
-def semi_hard_loss(codes: Array, labels: Array, *, margin: float = 0.2, normalise: bool = True,
-                   squared: bool = True) -> Array:
+def semi_hard_loss(codes: Array, labels: Array, mask: Array | None = None, *,
+                   margin: float = 0.2, normalise: bool = True, squared: bool = True) -> Array:
   """Semi-hard triplet loss (Schroff et al. 2015), TF-Addons' `triplet_semihard_loss`.
 
   For every positive pair (a, p), a != p, the negative is the one with the
@@ -233,13 +256,14 @@ def semi_hard_loss(codes: Array, labels: Array, *, margin: float = 0.2, normalis
   Args:
     codes: f32[b, l] codes.
     labels: int[b] class ids or multi-hot [b, c] (see `positive_mask`).
+    mask: optional bool[b], the rows that take part (None: all).
     margin, normalise, squared: as in `triplet_loss`.
 
   Returns:
     f32[] scalar: the mean of relu(d_ap - d_an + margin) over the positive
     pairs whose anchor has a negative; 0.0 when there is none.
   """
-  d, pos, neg = _prepare("semi_hard_loss", codes, labels, normalise, squared)
+  d, pos, neg = _prepare("semi_hard_loss", codes, labels, normalise, squared, mask)
   d_an = d[:, None, :]                                  # [a, p, n]
   outside = neg[:, None, :] & (d_an > d[:, :, None])
   semi = jnp.min(jnp.where(outside, d_an, jnp.inf), axis=2)
