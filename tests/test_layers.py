@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "rsh"
 LAYERS = (
     ("foundations", ("rsh", "rsh.hamming", "rsh.shallow", "rsh.spectral", "rsh.models", "rsh.paper",
                      "rsh.losses", "rsh.data", "rsh.cli", "rsh.config_lib", "rsh.platform",
-                     "rsh.workdir", "rsh.deprecation", "rsh.augment")),
+                     "rsh.workdir", "rsh.deprecation", "rsh.augment", "rsh.kmeans")),
     ("backbone weights", ("rsh.weights",)),
     ("ranking", ("rsh.ranking",)),
     ("metric formulas", ("rsh.metrics", "rsh.image_quality")),
