@@ -134,8 +134,10 @@ def results_dict(config, data: rdata.Prepared, evals, final: Mapping[str, dict],
       "history": history,
       "seconds": round(seconds, 1),
       "timings": dict(timings),
-      # Training rows a generator added (rsh.generated): which run, step, n, seed.
-      **({"generated": data.added} if getattr(data, "added", None) else {}),
+      # Training rows a generator added (rsh.generated: which run, step, n, seed),
+      # or a second domain's (rsh.data.domains: `domain`).
+      **({data.added.get("kind", "generated"): data.added}
+         if getattr(data, "added", None) else {}),
   }
 
 
@@ -205,7 +207,8 @@ def make_batch_fn(config, data: rdata.Prepared, method: rmethod.Method, ssm,
   train = config.get("train") or {}   # a config from before the samplers: uniform
   _check_mining(train, size, method.terms)
   positions = rdata.sampler(train.get("sampler", "uniform"), data.labels[data.split.train],
-                            size, config.seed, train.get("sampler_options"))
+                            size, config.seed, train.get("sampler_options"),
+                            domains=data.domain_ids[data.split.train])
   keys = rlosses.input_keys(method.terms) | set(method.step_inputs)
   inputs = {k: fn for k, fn in method.inputs().items() if k in keys}
   timings = {}

@@ -60,11 +60,15 @@ def spec(config) -> dict | None:
 
 
 def prepare(config) -> rdata.Prepared:
-  """`rsh.data.prepare(config)`, plus the generated training rows it asks for."""
+  """`rsh.data.prepare(config)`, plus the generated training rows it asks for, or a
+  second domain's (`config.data.domain`, `rsh.data.domains`)."""
   data = rdata.prepare(config)
   s = spec(config)
+  if s is not None and rdata.domains.spec(config) is not None:
+    raise ValueError("config.data.generated and config.data.domain both add training rows; "
+                     "set one of them")
   if s is None:
-    return data
+    return rdata.with_domain(data, config)
   images, labels, origin = rows(s, data, config.data.get("cache_dir"))
   out = rdata.with_training_rows(data, images, labels, origin)
   log.info("data: + %d generated training images from %s (step %d)", len(labels),

@@ -254,7 +254,7 @@ def test_a_toy_run_trains_with_pk_and_the_default_gives_the_numbers_of_batch_at(
   _, default = _run(tmp_path / "default")
   assert pk_numbers != default  # pk fed other batches
   # The runner as it was before the samplers: batch_at on the training positions.
-  monkeypatch.setattr(rdata, "sampler", lambda name, labels, size, seed, options: (
+  monkeypatch.setattr(rdata, "sampler", lambda name, labels, size, seed, options, domains=None: (
       lambda step: rdata.batch_at(np.arange(len(labels)), size, seed, step)))
   _, before = _run(tmp_path / "before")
   assert default == before

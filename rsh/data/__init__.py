@@ -55,3 +55,4 @@ from rsh.data.prepared import Prepared
 from rsh.data.prepared import DerivedView
 from rsh.data.prepared import register_view
 from rsh.data.prepared import with_training_rows
+from rsh.data.domains import with_domain

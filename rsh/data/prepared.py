@@ -113,6 +113,13 @@ class Prepared:
     return self.dataset.class_names
 
   @property
+  def domain_ids(self) -> np.ndarray:
+    """int32[n]: 0 for the main data's rows (the target domain), 1 for rows added by
+    `with_training_rows` (a second domain's, or a generator's)."""
+    sizes = [len(p.labels) for p in self.parts] or [len(self.labels)]
+    return np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+
+  @property
   def multi_label(self) -> bool:
     return np.ndim(self.labels) == 2
 

@@ -12,7 +12,10 @@ multi-hot [n, classes], where an image "is of" class c when it carries label c.
               class b != a (MiLAN's batch; the thesis's 64 + 32); with
               multi-hot labels b's images do not carry a;
   pk        — P classes x K images (online triplet mining): P distinct classes,
-              then K images of each, P*K distinct images in all.
+              then K images of each, P*K distinct images in all;
+  domains   — n rows of the added domain (id 1, e.g. `config.data.domain`'s
+              source rows) then batch_size - n of the main data (id 0), each
+              part `batch_at` epochs of its own rows (labels are not read).
 
 `sampler(name, labels, batch_size, seed, options)` checks everything once and
 returns `batch(step)`; a mistake is a `DataError` (a `ValueError`) naming the
@@ -30,10 +33,11 @@ from rsh.data.bands import DataError
 from rsh.data.split import batch_at
 
 # Each sampler's options (`config.train.sampler_options.<key>`; None = not given).
-SAMPLERS: dict[str, tuple[str, ...]] = {"uniform": (), "two_class": ("n",), "pk": ("k",)}
+SAMPLERS: dict[str, tuple[str, ...]] = {"uniform": (), "two_class": ("n",), "pk": ("k",),
+                                        "domains": ("n",)}
 PK_DEFAULT_K = 4
 # Third entries of the step seeds, unlike any other stream of rsh.data.
-_STREAMS = {"two_class": 0x5A3D_0001, "pk": 0x5A3D_0002}
+_STREAMS = {"two_class": 0x5A3D_0001, "pk": 0x5A3D_0002, "domains": 0x5A3D_0003}
 _NAME, _OPTS, _BATCH = "config.train.sampler", "config.train.sampler_options", \
     "config.train.batch_size"
 
@@ -154,11 +158,34 @@ def _pk(labels, batch_size: int, seed: int, k: int | None = None) -> BatchFn:
   return batch
 
 
-_BUILD = {"uniform": _uniform, "two_class": _two_class, "pk": _pk}
+def _domains(labels, batch_size: int, seed: int, n: int | None = None, *,
+             domains=None) -> BatchFn:
+  ids = np.zeros(len(labels), np.int32) if domains is None else np.asarray(domains)
+  sizes = np.bincount(ids, minlength=2)
+  if len(sizes) != 2 or not sizes.all():
+    raise DataError(f"{_NAME}='domains' needs training rows of two domains, the main data's "
+                    f"(id 0) and an added one's (id 1, config.data.domain); the training set "
+                    f"has {dict(enumerate(sizes.tolist()))} rows per domain id")
+  n = batch_size // 2 if n is None else n
+  if not 1 <= n < batch_size:
+    raise DataError(f"{_OPTS}.n={n} must lie in 1..{batch_size - 1} ({_BATCH}={batch_size} "
+                    f"holds n rows of the added domain + the rest of the main data's)")
+  parts = [(np.flatnonzero(ids == 1), n), (np.flatnonzero(ids == 0), batch_size - n)]
+  for rows, k in parts:
+    if k > len(rows):
+      raise DataError(f"{_NAME}='domains': {k} rows a batch from a domain of {len(rows)} "
+                      f"training rows; lower {_BATCH} or {_OPTS}.n")
+  seeds = [int(np.random.SeedSequence((seed, _STREAMS["domains"], i)).generate_state(1)[0])
+           for i in range(2)]   # each part's epochs its own permutations
+  return lambda step: np.concatenate([batch_at(rows, k, part_seed, step)
+                                      for (rows, k), part_seed in zip(parts, seeds)])
+
+
+_BUILD = {"uniform": _uniform, "two_class": _two_class, "pk": _pk, "domains": _domains}
 
 
 def sampler(name: str, labels, batch_size: int, seed: int,
-            options: Mapping[str, Any] | None = None) -> BatchFn:
+            options: Mapping[str, Any] | None = None, domains=None) -> BatchFn:
   """`batch(step) -> int64[batch_size]`, positions into the training rows.
 
   Args:
@@ -167,6 +194,8 @@ def sampler(name: str, labels, batch_size: int, seed: int,
     batch_size: `config.train.batch_size` (the global batch).
     seed: `config.seed`.
     options: `config.train.sampler_options` (a mapping; None values = not given).
+    domains: int[n] domain ids of the training rows (`Prepared.domain_ids`), read
+      by `domains` only (None: one domain).
 
   Everything is checked now, once: a bad name, an option not of this sampler,
   sizes that do not add up, or too few classes with enough images raise
@@ -179,6 +208,8 @@ def sampler(name: str, labels, batch_size: int, seed: int,
   batch_size = _int(batch_size, _BATCH, 1)
   seed = _int(seed, "config.seed", 0)
   given = {key: _int(v, f"{_OPTS}.{key}", 1) for key, v in given.items()}
+  if name == "domains":
+    given["domains"] = domains
   return _BUILD[name](labels, batch_size, seed, **given)
 
 

@@ -17,6 +17,17 @@ second independent draw of views and noise of the same rows, made only when a
 bound term reads one (e.g. NT-Xent between two views); plus the batch inputs
 (`similarity`: the training SSM, `labels`).
 
+MIRS (`configs/mirs.py`): `config.model.dwt = dict(group, eps, momentum, target)`
+puts a Domain Whitening Transform before the MLP (`mlp.WhitenedHashMLP`): each
+row is whitened with its domain's statistics (`Prepared.domain_ids`: 0 the main
+data, 1 the rows of `config.data.domain`), the batch's in training, the
+running ones of `target` (default 0, the main data's) when encoding. The
+method's own batch inputs: `domains` (int32[b]), `source_domain` (bool[b], the
+row is of the added domain: a term's `mask="source_domain"` reads the labels of
+those rows only), and `clusters` (int32[b]: K-means, `rsh.kmeans`, of the
+standardised training features into `config.model.clusters` clusters, seeded
+by `config.seed`; made when a term reads them, e.g. `interclass`).
+
 Encoders: the training view's, and every other view of the same backbone
 (`features/<b>`, `<b>/dihedral_mean`, `<b>/dihedral`); a [n, v, d] view is
 encoded from the mean of its v features. A retrieval entry's `input` picks one.
@@ -33,8 +44,10 @@ cached views (the same features of unaugmented images, fast).
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,11 +55,14 @@ import numpy as np
 from rsh import data as rdata
 from rsh import features as rfeatures
 from rsh import frozen
+from rsh import kmeans as rkmeans
 from rsh import losses as rlosses
 from rsh import method as rmethod
 from rsh import update
 from rsh import weights as rweights
 from rsh.models import mlp
+
+log = logging.getLogger(__name__)
 
 NETS = ("hasher",)
 
@@ -62,7 +78,36 @@ def _rows(config, data) -> tuple[str, np.ndarray]:
   return view, x
 
 
-def _model(config) -> mlp.HashMLP:
+DWT_KEYS = ("group", "eps", "momentum", "target")
+
+
+def _model(config, data=None, d: int | None = None) -> nn.Module:
+  """The hashing MLP, behind a Domain Whitening Transform when `config.model.dwt`."""
+  net = _mlp(config)
+  raw = config.model.get("dwt")
+  if not raw:
+    return net
+  if data is None:
+    raise ValueError("config.model.dwt whitens cached features: set config.model.backbone="
+                     "None (the frozen backbone in the step has no domain whitening)")
+  opts = dict(raw)
+  unknown = sorted(set(opts) - set(DWT_KEYS))
+  if unknown:
+    raise ValueError(f"config.model.dwt.{unknown[0]} is not an option (options: "
+                     f"{', '.join(DWT_KEYS)})")
+  domains = int(data.domain_ids.max()) + 1
+  group, target = int(opts.get("group", 32)), int(opts.get("target", 0))
+  if group < 1 or d % group:
+    raise ValueError(f"config.model.dwt.group={group} must divide the feature width {d}")
+  if not 0 <= target < domains:
+    raise ValueError(f"config.model.dwt.target={target}: the data has {domains} domain(s) "
+                     "(0: the main data, 1: config.data.domain's rows)")
+  return mlp.WhitenedHashMLP(mlp=net, num_domains=domains, group=group,
+                             eps=float(opts.get("eps", 1e-3)),
+                             momentum=float(opts.get("momentum", 0.1)), target=target)
+
+
+def _mlp(config) -> mlp.HashMLP:
   m = config.model
   hidden = tuple(int(w) for w in m.get("hidden", (1024, 512)))
   if any(w < 1 for w in hidden):
@@ -104,9 +149,10 @@ def build(config, data, terms=None) -> rmethod.Method:
   if config.model.get("backbone"):
     return _build_backbone(config, data, terms)
   view, train_x = _rows(config, data)
-  model = _model(config)
-  bound = rlosses.bind(config.losses, nets=NETS, terms=terms)
   d = train_x.shape[-1]
+  model = _model(config, data, d)
+  whitened = isinstance(model, mlp.WhitenedHashMLP)
+  bound = rlosses.bind(config.losses, nets=NETS, terms=terms)
   mean, std = _stats(config, train_x)
   noise = _noise(config)
   tx = update.optimizer(config.optim)
@@ -118,8 +164,39 @@ def build(config, data, terms=None) -> rmethod.Method:
   inputs = lambda nets, x, rng: draw_inputs(x, rng, mean, std, noise)
   encode = make_encoder(model, mean, std, d)
   return rmethod.Method(
-      init=init, step=make_step(model, bound, tx, inputs), encode=encode,
-      encoders={v: encode for v in related_views(data, view)}, terms=bound)
+      init=init, step=make_step(model, bound, tx, inputs, whitened=whitened), encode=encode,
+      encoders={v: encode for v in related_views(data, view)}, terms=bound,
+      batch_inputs=_batch_inputs(config, data, train_x, mean, std, bound),
+      step_inputs=("domains",) if whitened else ())
+
+
+def _batch_inputs(config, data, train_x, mean, std, bound) -> dict[str, rmethod.BatchInput]:
+  """The method's own batch inputs: domain ids, the source-domain mask, K-means clusters."""
+  domains = data.domain_ids[data.split.train]
+  out = {"domains": lambda src, idx: domains[idx],
+         "source_domain": lambda src, idx: domains[idx] == 1}
+  if "clusters" in rlosses.input_keys(bound):
+    clusters = _clusters(config, data, train_x, mean, std)
+    out["clusters"] = lambda src, idx: clusters[idx]
+  return out
+
+
+def _clusters(config, data, train_x, mean, std) -> np.ndarray:
+  """int32[n_train]: K-means of the standardised training features (a [n, v, d] view:
+  of each row's mean over its views)."""
+  k = config.model.get("clusters", 10)
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(train_x):
+    raise ValueError(f"config.model.clusters must be an integer in 1..{len(train_x)} (the "
+                     f"training rows); got {k!r}")
+  x = train_x.mean(axis=1) if train_x.ndim == 3 else train_x
+  result = rkmeans.kmeans((x - mean) / std, int(k), seed=int(config.seed))
+  labels = np.asarray(data.labels[data.split.train])
+  if labels.ndim == 1:
+    purity = sum(np.bincount(labels[result.assign == c]).max(initial=0)
+                 for c in range(int(k))) / len(labels)
+    log.info("clusters: K-means of %d training rows into %d clusters (%d iterations), "
+             "class purity %.3f", len(x), k, result.iterations, purity)
+  return np.asarray(result.assign, np.int32)
 
 
 def _build_backbone(config, data, terms) -> rmethod.Method:
@@ -183,11 +260,13 @@ def draw_inputs(x, rng, mean, std, noise: float):
   return x + noise * jax.random.normal(k_noise, x.shape, x.dtype) if noise else x
 
 
-def make_step(model, bound, tx, inputs):
+def make_step(model, bound, tx, inputs, whitened: bool = False):
   """The pure step: one update of the hasher on its bound terms. `inputs(nets, x,
   rng) -> f32[b, d]` makes the hasher's training inputs from the batch's `x`
   (a random view of cached features, or a frozen backbone on augmented images);
-  every other network of the state is passed through unchanged."""
+  every other network of the state is passed through unchanged. `whitened`: the
+  model whitens by the batch's `domains` and keeps running statistics (those of
+  the first pass; a second, augmented pass whitens with its own batch's)."""
   needs_aug = any(k.endswith("_aug") for k in rlosses.input_keys(bound))
 
   def step(state: update.TrainState, batch, rng):
@@ -196,12 +275,17 @@ def make_step(model, bound, tx, inputs):
     x = inputs(state.nets, batch["x"], k_x)
     x_aug = inputs(state.nets, batch["x"], k_aug) if needs_aug else None
 
+    def apply(params, rows):
+      if whitened:
+        return update.apply(model, params, net.batch_stats, rows, batch["domains"])
+      return model.apply({"params": params}, rows, train=True), net.batch_stats
+
     def forward(params):
-      out = dict(model.apply({"params": params}, x, train=True))
+      out, stats = apply(params, x)
+      out = dict(out)
       if x_aug is not None:
-        out.update({f"{k}_aug": v for k, v in model.apply({"params": params}, x_aug,
-                                                          train=True).items()})
-      return out, net.batch_stats
+        out.update({f"{k}_aug": v for k, v in apply(params, x_aug)[0].items()})
+      return out, stats
 
     new, metrics = update.update_net(net, tx, forward, bound["hasher"], batch, "hasher")
     return update.TrainState(step=state.step + 1, nets={**state.nets, "hasher": new}), metrics
@@ -211,7 +295,7 @@ def make_step(model, bound, tx, inputs):
 
 def make_encoder(model, mean, std, d: int) -> rmethod.Encode:
   """{output: f32[n, ...]} of features rows f32[n, d] (or f32[n, v, d]: their mean)."""
-  forward = jax.jit(lambda params, x: model.apply({"params": params}, (x - mean) / std))
+  forward = jax.jit(lambda variables, x: model.apply(variables, (x - mean) / std))
 
   def encode(state, x) -> Mapping[str, np.ndarray]:
     x = np.asarray(x, np.float32)
@@ -220,7 +304,9 @@ def make_encoder(model, mean, std, d: int) -> rmethod.Encode:
     if x.ndim != 2 or x.shape[1] != d:
       raise ValueError(f"the hashing MLP encodes features [n, {d}] (or [n, v, {d}]); got "
                        f"rows of shape {list(x.shape)}")
-    params = state.nets["hasher"].params
-    return update.in_batches(lambda chunk: forward(params, chunk), x)
+    net = state.nets["hasher"]
+    variables = {"params": net.params, **({"batch_stats": net.batch_stats}
+                                          if net.batch_stats else {})}
+    return update.in_batches(lambda chunk: forward(variables, chunk), x)
 
   return encode

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rsh.models.whitening import DomainWhitening
+
 ACTIVATIONS = {
     "leaky_relu": lambda x: nn.leaky_relu(x, negative_slope=0.2),
     "relu": nn.relu,
@@ -48,3 +50,28 @@ class HashMLP(nn.Module):
       s = nn.sigmoid(logits)
       return {"hash": 2.0 * s - 1.0, "sigmoid": s, "logits": logits}
     return {"hash": logits, "logits": logits}
+
+
+class WhitenedHashMLP(nn.Module):
+  """MIRS's Domain Whitening Transform of the features, then the hashing MLP.
+
+  `DomainWhitening` (`rsh.models.whitening`, param / batch_stats collection
+  "dwt") whitens each row with its domain's statistics (its batch's in
+  training, the running ones otherwise), then `mlp` (params "mlp") codes it.
+  Rows without a domain given (`domains=None`: encoding) use `target`'s.
+  """
+  mlp: HashMLP
+  num_domains: int = 1
+  group: int = 32
+  eps: float = 1e-3
+  momentum: float = 0.1
+  target: int = 0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, domains: jax.Array | None = None,
+               train: bool = False) -> dict[str, jax.Array]:
+    if domains is None:
+      domains = jnp.full(x.shape[:1], self.target, jnp.int32)
+    x = DomainWhitening(self.num_domains, self.group, self.eps, self.momentum,
+                        name="dwt")(x, domains, train=train)
+    return self.mlp(x, train=train)
