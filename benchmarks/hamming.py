@@ -21,6 +21,8 @@ import platform
 import sys
 import time
 
+import pinning  # benchmarks/pinning.py: imports only os
+
 
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,12 +40,7 @@ def parse_args():
 
 ARGS = parse_args()
 # Thread counts must be fixed before numpy, faiss and jax start their pools.
-os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:ARGS.threads])
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-  os.environ[var] = str(ARGS.threads)
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" --xla_cpu_multi_thread_eigen={str(ARGS.threads > 1).lower()}"
-                           f" intra_op_parallelism_threads={ARGS.threads}")
+pinning.pin_threads(ARGS.threads)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -51,11 +48,7 @@ import numpy as np  # noqa: E402
 from rsh import hamming  # noqa: E402
 from rsh import search  # noqa: E402
 
-try:
-  import faiss  # noqa: E402
-  faiss.omp_set_num_threads(ARGS.threads)
-except ImportError:
-  faiss = None
+faiss = pinning.faiss_or_none(ARGS.threads)
 
 
 def best_time(fn, repeats):

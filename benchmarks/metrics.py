@@ -25,6 +25,8 @@ import platform
 import sys
 import time
 
+import pinning  # benchmarks/pinning.py: imports only os
+
 
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,12 +45,8 @@ def parse_args():
 
 
 ARGS = parse_args()
-os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:ARGS.threads])
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-  os.environ[var] = str(ARGS.threads)
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" --xla_cpu_multi_thread_eigen={str(ARGS.threads > 1).lower()}"
-                           f" intra_op_parallelism_threads={ARGS.threads}")
+# Thread counts must be fixed before numpy, faiss and jax start their pools.
+pinning.pin_threads(ARGS.threads)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

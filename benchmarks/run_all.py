@@ -46,6 +46,7 @@ def commands(full: bool, torch: bool) -> dict[str, list[str]]:
                                           else ["--n=2000", "--large_dims=1280"]),
       "features": ["features.py", "--n=256", "--batch_sizes=64", "--repeats=1"],
       "frozen_backbone": ["frozen_backbone.py", "--steps=5" if full else "--steps=2"],
+      "storage": ["storage.py"] + ([] if full else ["--quick"]),
   }
 
 
@@ -91,6 +92,12 @@ def headline(name: str, r: dict) -> list[tuple[str, str, str]]:
                  "img/s", f"{r['backbone_img_per_s']:.1f}", "1.00x"))
     rows.append((f"feature-hash step, cached dihedral views (b{r['cached_batch']}), img/s",
                  f"{r['cached_img_per_s']:.1f}", f"{r['cached_vs_backbone']:.0f}x backbone"))
+  elif name == "storage":
+    for row in r["results"]:
+      rows.append((f"one query (encode + top-{row['k']}) of {row['archive']:.0e} "
+                   f"{row['bits']}-bit codes ({row['codes_bytes_per_image']} B/image), ms",
+                   f"{row['codes_query_ms']:.3f}",
+                   f"{row['features_query_ms'] / row['codes_query_ms']:.0f}x float features"))
   return rows
 
 

@@ -26,15 +26,19 @@ then a merge by `(distance, global index)`. Its results equal `search`'s.
 
 One job per module: `rsh.search.topk` (`search`), `rsh.search.radius`
 (`radius_search`), `rsh.search.cosine` (`cosine_search`), `rsh.search.sharded`
-(`sharded_search`) and `rsh.search.faiss_io` (`to_faiss`, `from_faiss`).
+(`sharded_search`), `rsh.search.faiss_io` (`to_faiss`, `from_faiss`) and
+`rsh.search.resident` (`ResidentArchive`, `topk_words`: the archive laid out once
+on the device, for repeated small query batches and one-call encode + search).
 """
 
 from rsh.search.cosine import cosine_search
 from rsh.search.faiss_io import from_faiss, to_faiss
 from rsh.search.radius import radius_search
+from rsh.search.resident import ResidentArchive, packed_words, pruning_levels, topk_words
 from rsh.search.sharded import sharded_search
 from rsh.search.topk import GROUP, SUPERGROUP, search
 
 __all__ = [
     "search", "radius_search", "cosine_search", "sharded_search", "to_faiss", "from_faiss",
+    "ResidentArchive", "topk_words", "packed_words", "pruning_levels",
 ]
