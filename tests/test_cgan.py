@@ -184,6 +184,7 @@ def test_generated_quality_refuses_what_cannot_run(cdcgan):
     ev.precheck(state)
 
 
+@pytest.mark.slow   # 45 s; C-DCGAN's step, generate and quality run in the default suite
 def test_acgan_smoke_run_end_to_end(tmp_path, feature_cache, monkeypatch):
   monkeypatch.setenv("RSH_CACHE_DIR", str(feature_cache))  # the backbone's converted weights
   workdir = tmp_path / "acgan"

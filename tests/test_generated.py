@@ -98,12 +98,23 @@ def test_the_cache_is_keyed_by_step_n_and_seed(gan, tmp_path, monkeypatch):
   generated.prepare(cfg(n=10))
   generated.prepare(cfg(seed=1))
   assert len(made) == 2 and len(entries()) == 3
+
+
+@pytest.mark.slow   # trains the GAN two more steps (25 s)
+def test_a_run_trained_further_is_a_new_cache_entry(gan, tmp_path, monkeypatch):
+  workdir = tmp_path / "gan"
+  shutil.copytree(gan[0], workdir)
+  cfg = lambda: _hash_config((workdir, str(tmp_path / "cache")), n=20)
+  first = generated.prepare(cfg())
+  made = []
+  real_make = generated._make
+  monkeypatch.setattr(generated, "_make", lambda *a: made.append(1) or real_make(*a))
   # The run trained further (step 2 -> 4): a new entry, new images.
   config = _gan_config(steps=4)
   config.data.cache_dir = str(tmp_path / "cache")
   runs.run(config, workdir, allow_config_change=True)
   moved = generated.prepare(cfg())
-  assert len(made) == 3 and moved.added["step"] == 4
+  assert len(made) == 1 and moved.added["step"] == 4
   assert moved.images[-20:].tobytes() != first.images[-20:].tobytes()
 
 

@@ -166,6 +166,7 @@ def test_dwt_keeps_statistics_per_domain_and_encodes_with_the_target(feature_cac
   assert (moved > 0).all() and not np.allclose(stats["mean"][0], stats["mean"][1])
   x = data.x("query", c.data.input)
   codes = method.encode(state, x)["hash"]
+  assert np.isfinite(codes).all()
   # the target's statistics (domain 0) encode; the source's give other codes
   swapped = jax.tree.map(lambda v: v[::-1], stats)
   other = state.nets["hasher"].replace(batch_stats={"dwt": swapped})

@@ -67,6 +67,7 @@ def test_quick_every_fast_path_equals_brute_force(quick):
   assert [r["pruning_levels"] for r in out["results"]] == [0, 1]  # both kernels' paths
 
 
+@pytest.mark.slow   # a second --quick run (11 s)
 def test_without_faiss_the_faiss_columns_are_skipped(tmp_path):
   (tmp_path / "faiss.py").write_text("raise ImportError('hidden by the test')\n")
   env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}"}
