@@ -108,12 +108,13 @@ def image_grid(images: np.ndarray, band_names, path, ncol: int = 8) -> None:
 
 def _thumbnail(prepared, view: str, row: int) -> np.ndarray:
   """f32[h, w, 3] of one row of a view: S2 pixels as true colour, a 2-channel
-  radar view (VV, VH in dB) as false colour (VV, VH, VV - VH)."""
+  radar view (VV, VH in dB) as false colour (VV, VH, VV - VH); a vector view (e.g.
+  backbone features) by the row's own pixels, the image its vector was made from."""
   if view == "pixels":
     return composite(prepared.images[row].astype(np.float32), prepared.band_names)
   x = np.asarray(prepared.view(view)[row], np.float32)
   if x.ndim != 3:
-    return np.zeros((8, 8, 3), np.float32)  # a vector view has no picture
+    return composite(prepared.images[row].astype(np.float32), prepared.band_names)
   if x.shape[-1] == 2:
     x = np.concatenate([x, x[..., :1] - x[..., 1:]], axis=-1)
   return _stretch(x[..., :3] if x.shape[-1] >= 3 else np.repeat(x[..., :1], 3, -1))

@@ -199,3 +199,15 @@ def test_a_bad_dwt_group_is_one_line(tmp_path, feature_cache, monkeypatch):
   out = cli_main("--config=configs/mirs.py:smoke,mode=dwt", "--config.model.dwt.group=7",
                  f"--workdir={tmp_path}")
   one_error_line(out, "config.model.dwt.group=7")
+
+
+def test_a_features_retrieval_grid_shows_the_rows_images(feature_cache, monkeypatch):
+  """A vector view's thumbnail is the row's own picture (it was a black square)."""
+  from rsh import plots
+  c, data, _, _ = _built("smoke,mode=supervised", feature_cache, monkeypatch)
+  view = data.view_name(c.data.input)
+  for row in (0, 7):
+    thumb = plots._thumbnail(data, view, row)
+    np.testing.assert_array_equal(thumb, plots.composite(data.images[row].astype(np.float32),
+                                                         data.band_names))
+    assert thumb.std() > 0.05
