@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rsh.models import whitening
 from rsh.models.whitening import DomainWhitening, batch_moments, whitening_matrices
 
 D_FEAT, GROUP = 64, 32
@@ -265,3 +266,17 @@ def test_jit_and_grad_are_finite():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), updates, plain)
   evaluate = jax.jit(functools.partial(model.apply, train=False))
   assert np.isfinite(evaluate({**variables, **updates}, x, domains)).all()
+
+
+def test_the_plain_xla_cholesky_and_inverse_equal_lapack():
+  """`cholesky_lower` / `lower_inverse` (no LAPACK custom calls) against numpy's."""
+  rng = np.random.default_rng(7)
+  a = rng.normal(size=(3, 2, 32, 40))
+  spd = (a @ np.swapaxes(a, -1, -2) / 40 + 1e-3 * np.eye(32))
+  low = np.asarray(jax.jit(whitening.cholesky_lower)(spd.astype(np.float32)), np.float64)
+  np.testing.assert_allclose(low, np.linalg.cholesky(spd), rtol=1e-4, atol=1e-5)
+  inv = np.asarray(whitening.lower_inverse(low.astype(np.float32)), np.float64)
+  np.testing.assert_allclose(inv @ low, np.broadcast_to(np.eye(32), low.shape), atol=1e-4)
+  assert np.allclose(np.triu(inv, 1), 0) and np.allclose(np.triu(low, 1), 0)
+  g = jax.grad(lambda x: jnp.sum(whitening.whitening_matrices(x, 1e-3)))(spd.astype(np.float32))
+  assert np.isfinite(np.asarray(g)).all()

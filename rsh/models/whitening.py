@@ -33,6 +33,45 @@ Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+def cholesky_lower(a: Array) -> Array:
+  """Lower Cholesky factor of symmetric positive definite a: f32[..., g, g].
+
+  Column by column (Cholesky-Crout) in a `fori_loop` of g steps of array ops, not
+  LAPACK: XLA:CPU runs independent LAPACK custom calls of one program (e.g. two
+  whitened passes of a batch) on its thread pool at once, and such a program was
+  seen to stall on 2 cores; this one is plain XLA, differentiable, and as exact
+  as LAPACK's `potrf` at these sizes (tests/test_whitening.py).
+  """
+  a = jnp.asarray(a)
+  g = a.shape[-1]
+  idx = jnp.arange(g)
+
+  def column(j, low):
+    row = jnp.where(idx < j, low[..., j, :], 0.0)                 # L[j, :j]
+    pivot = jnp.sqrt(jnp.maximum(a[..., j, j] - jnp.sum(row * row, -1), 1e-30))
+    dots = jnp.einsum("...ik,...k->...i", low, row, precision=_HIGHEST)
+    col = jnp.where(idx > j, (a[..., :, j] - dots) / pivot[..., None], 0.0)
+    col = jnp.where(idx == j, pivot[..., None], col)
+    return low.at[..., :, j].set(col)
+
+  return jax.lax.fori_loop(0, g, column, jnp.zeros_like(a))
+
+
+def lower_inverse(low: Array) -> Array:
+  """L^-1 of lower-triangular L: f32[..., g, g], by forward substitution (row by row)."""
+  low = jnp.asarray(low)
+  g = low.shape[-1]
+  idx = jnp.arange(g)
+
+  def row(i, inv):
+    li = jnp.where(idx < i, low[..., i, :], 0.0)                   # L[i, :i]
+    rhs = (idx == i).astype(low.dtype) - jnp.einsum("...k,...kj->...j", li, inv,
+                                                    precision=_HIGHEST)
+    return inv.at[..., i, :].set(rhs / low[..., i, i][..., None])
+
+  return jax.lax.fori_loop(0, g, row, jnp.zeros_like(low))
+
+
 def whitening_matrices(cov: Array, eps: float) -> Array:
   """Cholesky whitening matrices of shrunk covariances.
 
@@ -41,14 +80,12 @@ def whitening_matrices(cov: Array, eps: float) -> Array:
     eps: shrinkage towards the identity, in [0, 1): S = (1 - eps) cov + eps I.
 
   Returns:
-    f32[..., g, g] lower-triangular W = cholesky(S)^-1, so that W S W^T = I;
-    obtained by a triangular solve against I rather than a general inverse.
+    f32[..., g, g] lower-triangular W = cholesky(S)^-1, so that W S W^T = I
+    (`cholesky_lower`, then `lower_inverse`: forward substitution, no general inverse).
   """
   g = cov.shape[-1]
   eye = jnp.eye(g, dtype=cov.dtype)
-  chol = jnp.linalg.cholesky((1.0 - eps) * cov + eps * eye)
-  return jax.scipy.linalg.solve_triangular(
-      chol, jnp.broadcast_to(eye, chol.shape), lower=True)
+  return lower_inverse(cholesky_lower((1.0 - eps) * cov + eps * eye))
 
 
 def batch_moments(x: Array, domains: Array, num_domains: int,
