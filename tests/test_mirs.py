@@ -121,6 +121,7 @@ def test_each_mode_binds_its_terms():
   c = _config("small,mode=dwt,domain=demo")
   assert c.losses.batch_hard.mask == "source_domain" and c.train.sampler == "domains"
   assert c.data.domain.source == "demo" and c.model.dwt.group == 32
+  assert _config("small,mode=dwt,group=8").model.dwt.group == 8
   for bad in ("mode=dwt32", "domain=mars", "rate=2", "pair=both"):
     with pytest.raises(ValueError, match="config"):
       _config(f"smoke,{bad}")
