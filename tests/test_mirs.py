@@ -58,6 +58,7 @@ def test_a_domain_adds_training_rows_only():
     ({"colour": 1}, "domain.colour is not an option"),
     ({"source": "nope"}, "domain.source='nope' is not a source"),
     ({"seed": -1}, "domain.seed must be an integer"),
+    ({"source": "folder"}, "config.data.domain: .*needs config.data.domain.dir="),
 ])
 def test_bad_domains_are_refused(change, match):
   c = _demo_config()

@@ -73,8 +73,11 @@ def with_domain(prepared: rprepared.Prepared, config) -> rprepared.Prepared:
     return prepared
   options = {k: (tuple(v) if isinstance(v, list) else v)
              for k, v in dict(s["options"] or {}).items() if v is not None}
-  ds = rdataset.load(s["source"], dir=s["dir"], cache_dir=config.data.get("cache_dir"),
-                     seed=s["seed"], n_per_class=s["n_per_class"], **options)
+  try:
+    ds = rdataset.load(s["source"], dir=s["dir"], cache_dir=config.data.get("cache_dir"),
+                       seed=s["seed"], n_per_class=s["n_per_class"], **options)
+  except rbands.DataError as e:   # named as the user sets it: config.data.domain.<key>
+    raise rbands.DataError(f"{_WHERE}: {e}".replace(" dir=", f" {_WHERE}.dir=")) from None
   missing = [b for b in prepared.band_names if b not in ds.band_names]
   if missing:
     raise rbands.DataError(f"{_WHERE}: source={s['source']!r} lacks the bands "
