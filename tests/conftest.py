@@ -135,6 +135,15 @@ def run_cli():
 # Shared checks.
 
 
+def load_config(name: str, arg: str | None = None):
+  """`configs/<name>.py`'s `get_config(arg)`, as `--config=configs/<name>.py:arg` reads it."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
 def with_overrides(config, changes: dict):
   """`config` with each dotted key of `changes` set (`{"train.num_steps": 2}`)."""
   for key, value in changes.items():

@@ -1,6 +1,5 @@
 """configs/milan.py: its modes, batches and protocol, and each mode's smoke run."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -8,14 +7,11 @@ import pytest
 
 from rsh import data as rdata
 from rsh import losses as rlosses
-from tests.conftest import cli_main
+from tests.conftest import cli_main, load_config
 
 
 def _config(arg="smoke"):
-  spec = importlib.util.spec_from_file_location("milan", "configs/milan.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config("milan", arg)
 
 
 @pytest.mark.parametrize("mode, metric", [("public", "triplet"), ("mined", "batch_hard"),

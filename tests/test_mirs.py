@@ -1,7 +1,6 @@
 """configs/mirs.py: a second domain's rows (rsh.data.domains), the `domains` sampler,
 the DWT and cluster plumbing of the feature-hashing method, and each mode's smoke run."""
 
-import importlib.util
 import json
 
 import jax
@@ -14,14 +13,11 @@ from rsh import experiment
 from rsh import generated
 from rsh import losses as rlosses
 from rsh import methods
-from tests.conftest import cli_main, one_error_line, with_overrides
+from tests.conftest import cli_main, load_config, one_error_line
 
 
 def _config(arg="smoke"):
-  spec = importlib.util.spec_from_file_location("mirs", "configs/mirs.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config("mirs", arg)
 
 
 def _demo_config(domain=True, **data):
