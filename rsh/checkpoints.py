@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from rsh import distributed
 from rsh import platform
 from rsh import workdir as rworkdir
 
@@ -149,17 +150,32 @@ def restore(manager, state, workdir: pathlib.Path):
   Returns:
     (the restored state, its step).
   """
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored, step, errors = _newest_readable(manager, abstract, workdir)
+  restored, step, errors = _newest_readable(manager, _abstract(state), workdir)
   for bad, e in errors:
     dest = workdir / "corrupt_checkpoints" / f"{bad}-{int(time.time())}"
-    dest.parent.mkdir(exist_ok=True)
-    shutil.move(str(workdir / "checkpoints" / str(bad)), dest)
+    if distributed.is_writer():  # every process found it unreadable; one moves it
+      dest.parent.mkdir(exist_ok=True)
+      shutil.move(str(workdir / "checkpoints" / str(bad)), dest)
     log.warning("checkpoint %d in %s cannot be read (%s): moved to %s; resuming from "
                 "step %d", bad, workdir / "checkpoints", _one_line(e), dest, step)
   if errors:
+    distributed.barrier("rsh-corrupt-checkpoints-moved")
     manager.reload()
   return restored, step
+
+
+def _abstract(state):
+  """`state`'s shapes and dtypes, each with where it is to be restored: its own
+  sharding, else this process's first device. Never the checkpoint's own: a
+  checkpoint saved by N processes reads into any other number (a notebook's one)."""
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def leaf(x):
+    x = ocp.utils.to_shape_dtype_struct(x)
+    if getattr(x, "sharding", None) is None:
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here)
+    return x
+  return jax.tree.map(leaf, state)
 
 
 def _newest_readable(manager, abstract, workdir: pathlib.Path):
@@ -204,8 +220,8 @@ def latest_state(workdir: str | os.PathLike, abstract_state):
   try:
     if manager.latest_step() is None:
       return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    restored, step, errors = _newest_readable(manager, abstract, pathlib.Path(workdir))
+    restored, step, errors = _newest_readable(manager, _abstract(abstract_state),
+                                              pathlib.Path(workdir))
     for bad, e in errors:
       log.warning("checkpoint %d in %s cannot be read (%s): loading step %d instead (a run "
                   "in the workdir would move it to corrupt_checkpoints/)", bad, path,

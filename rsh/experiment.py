@@ -29,12 +29,14 @@ import numpy as np
 
 from rsh import data as rdata
 from rsh import deprecation
+from rsh import distributed
 from rsh import evaluators as revals
 from rsh import features  # noqa: F401  registers the features/<backbone> view
 from rsh import generated
 from rsh import losses as rlosses
 from rsh import method as rmethod
 from rsh import methods
+from rsh import sharding
 from rsh import similarity
 from rsh import train as rtrain
 from rsh.data import fingerprint
@@ -152,6 +154,9 @@ def _history_row(evals, results: Mapping[str, dict]) -> dict[str, float]:
 
 
 def write_json(path: pathlib.Path, obj) -> None:
+  """Writes `obj` to `path` atomically; in a multi-host run, by the writer alone."""
+  if not distributed.is_writer():
+    return
   tmp = path.with_suffix(path.suffix + ".tmp")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
   os.replace(tmp, path)
@@ -198,12 +203,17 @@ def _check_mining(train, batch_size: int, terms) -> None:
 
 
 def make_batch_fn(config, data: rdata.Prepared, method: rmethod.Method, ssm,
-                  size: int) -> tuple[Callable[[int], dict[str, np.ndarray]], dict]:
+                  size: int, share: tuple[int, int] | None = None,
+                  ) -> tuple[Callable[[int], dict[str, np.ndarray]], dict]:
   """`batch_fn(step)`: the batch of a step, a pure function of it (exact resume):
   the method's batch views (default `x`, rows of `config.data.input`) and each
   batch input a bound term reads. The SSM is built now if a term reads it, not
   in the first step; returns its wall time in `timings`. `config.train.sampler`
-  (`rsh.data.samplers`, default uniform) picks the rows, checked first."""
+  (`rsh.data.samplers`, default uniform) picks the rows, checked first.
+
+  `share` = [lo, hi): only those rows of each global batch (a multi-host run's
+  process, `rsh.sharding.process_rows`): the views' rows are cut for them alone;
+  a batch input (labels, the SSM block of the whole batch) is made and cut."""
   train = config.get("train") or {}   # a config from before the samplers: uniform
   _check_mining(train, size, method.terms)
   positions = rdata.sampler(train.get("sampler", "uniform"), data.labels[data.split.train],
@@ -220,10 +230,12 @@ def make_batch_fn(config, data: rdata.Prepared, method: rmethod.Method, ssm,
       method.batch_views or {"x": config.data.get("input")}).items()}
   source = rmethod.BatchSource(data, ssm)
 
+  lo, hi = share or (0, size)
+
   def batch_fn(step: int) -> dict[str, np.ndarray]:
     idx = positions(step)
-    return {**{key: x[idx] for key, x in rows.items()},
-            **{k: fn(source, idx) for k, fn in inputs.items()}}
+    return {**{key: x[idx[lo:hi]] for key, x in rows.items()},
+            **{k: fn(source, idx)[lo:hi] for k, fn in inputs.items()}}
   return batch_fn, timings
 
 
@@ -237,6 +249,7 @@ class _Evaluations:
 
   def __call__(self, state, step: int) -> dict[str, dict]:
     final = step >= self.num_steps  # a resumed longer run ends past num_steps
+    state = distributed.host_local(state)  # this process's whole copy (multi-host)
     results = {name: ev.run(state, final) for name, ev in self.evals.items()
                if final or ev.in_loop}
     self.done = {step: results}
@@ -277,12 +290,19 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   fingerprint.check(workdir, fp, allow_data_change)
   size = batch_size(config, len(data.split.train))
   method = module.build(config, data, terms=terms)
+  mesh = sharding.data_mesh()  # every process's devices
+  sharding.check_batch_size(size, mesh)
   ssm = functools.cache(lambda: training_ssm(config, data))
-  # The evaluators check their settings (k, n, sets, views) before any work.
-  ctx = revals.Context(config=config, data=data, encode=method.encode, ssm=ssm,
-                       encoders=method.encoders, generate=method.generate)
+  # The evaluators check their settings (k, n, sets, views) before any work. Each
+  # process encodes its share of a set; the codes are gathered (rsh.distributed).
+  encoders = method.encoders and {view: distributed.sharded_encoder(fn)
+                                  for view, fn in method.encoders.items()}
+  ctx = revals.Context(config=config, data=data, ssm=ssm, encoders=encoders,
+                       encode=distributed.sharded_encoder(method.encode),
+                       generate=method.generate)
   evals = revals.build(config.get("evals", {}), ctx, extra=evaluators)
-  batch_fn, timings = make_batch_fn(config, data, method, ssm, size)
+  batch_fn, timings = make_batch_fn(config, data, method, ssm, size,
+                                    share=sharding.process_rows(mesh, size))
   # Each evaluator's whole path runs now (the baselines in full, before the
   # networks are even made; the others on a few rows of the initial state):
   # nothing accepted here fails after training.
@@ -296,21 +316,22 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   evaluate = _Evaluations(evals, loop.num_steps)
 
   def started(step: int) -> None:
-    fingerprint.write(workdir, fp)
+    if distributed.is_writer():
+      fingerprint.write(workdir, fp)
     if on_start is not None:
       on_start(step)
 
   state, history = rtrain.run(workdir=workdir, state=state, step_fn=method.step,
                               batch_fn=batch_fn, rng=train_rng, loop=loop,
                               eval_fn=evaluate.history_row if evals else None,
-                              on_start=started)
+                              on_start=started, mesh=mesh)
   final = evaluate.final(state, int(jax.device_get(state.step)))
   results = results_dict(config, data, evals, final, history, seconds=time.time() - t_start,
                          timings=timings)
   results["data_digest"] = fp["digest"]
   write_json(workdir / "results.json", results)  # before the figures: nothing lost
   try:
-    _figures(workdir, config, data, method, evals, results, state)
+    _figures(workdir, config, data, method, evals, results, distributed.host_local(state))
     # Recorded once all are drawn: a run stopped while drawing them lacks the key
     # (rsh.reproduce evaluates such a run again rather than reuse it).
     results["figures"] = sorted(p.name for p in workdir.glob("*.png"))

@@ -47,6 +47,7 @@ import tqdm
 
 from rsh import augment
 from rsh import data as rdata
+from rsh import distributed
 from rsh import weights as rweights
 from rsh.weights import convert
 
@@ -186,7 +187,7 @@ def extract(backbone: str, rgb: np.ndarray, *, batch_size: int = DEFAULT_BATCH_S
   variables = rweights.load_pretrained(spec.name, weights, cache_dir=cache_dir)
   feats = _compute(spec.name, variables, rgb, batch_size=batch_size, gain=gain,
                    progress=progress)
-  if path is not None:
+  if path is not None and distributed.is_writer():  # a multi-host run's writer alone
     _save_atomic(path, feats)
   return feats
 

@@ -7,6 +7,9 @@
 - `train_history.jsonl` (`TrainHistory`, `read_train_history`): the step's
   metrics every `log_every` steps.
 - `tensorboard/` (`SummaryWriter`): TensorBoard event files of both.
+
+Each takes `write`: False in every process of a multi-host run but the writer
+(`rsh.distributed.is_writer`), which then keeps its records in memory only.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ log = logging.getLogger(__name__)
 class EvalHistory:
   """Evaluation history as a JSON-lines file, so a resumed run keeps its curve."""
 
-  def __init__(self, path: pathlib.Path):
-    self.path = path
+  def __init__(self, path: pathlib.Path, write: bool = True):
+    self.path, self.write = path, write
     self.rows: list[dict] = []
     if path.exists():
       for i, line in enumerate(path.read_text().splitlines(), 1):
@@ -39,6 +42,8 @@ class EvalHistory:
   def add(self, row: dict):
     """Adds `row` (replacing any row of its step) and rewrites the file atomically."""
     self.rows = [r for r in self.rows if r["step"] != row["step"]] + [row]
+    if not self.write:
+      return
     tmp = self.path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
     os.replace(tmp, self.path)
@@ -51,10 +56,12 @@ class EvalHistory:
 class PendingEval:
   """The training metrics of a saved step whose evaluation has not run yet."""
 
-  def __init__(self, path: pathlib.Path):
-    self.path = path
+  def __init__(self, path: pathlib.Path, write: bool = True):
+    self.path, self.writes = path, write
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.writes:
+      return
     tmp = self.path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"step": step, "train": dict(metrics)}))
     os.replace(tmp, self.path)
@@ -67,7 +74,8 @@ class PendingEval:
     return row.get("train") if row.get("step") == step else None
 
   def clear(self) -> None:
-    self.path.unlink(missing_ok=True)
+    if self.writes:
+      self.path.unlink(missing_ok=True)
 
 
 class TrainHistory:
@@ -75,8 +83,10 @@ class TrainHistory:
   so the loss curves outlive TensorBoard. On resume, rows past the restored step
   (trained again now) and a line cut by a kill are dropped."""
 
-  def __init__(self, path: pathlib.Path, start: int):
-    self.path = path
+  def __init__(self, path: pathlib.Path, start: int, write: bool = True):
+    self.path, self.write, self.file = path, write, None
+    if not write:
+      return
     rows, rewrite = [], False
     if path.exists():
       for line in path.read_text().splitlines():
@@ -93,9 +103,10 @@ class TrainHistory:
       tmp = path.with_suffix(".tmp")
       tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
       os.replace(tmp, path)
-    self.file = None
 
   def add(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.write:
+      return
     if self.file is None:
       self.file = open(self.path, "a")
     self.file.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -133,10 +144,10 @@ class SummaryWriter:
   TensorBoard logging is a convenience, never a blocker.
   """
 
-  def __init__(self, logdir: pathlib.Path):
+  def __init__(self, logdir: pathlib.Path, write: bool = True):
     self.logdir = logdir
     self._writer = None
-    self._failed = False
+    self._failed = not write  # a process that does not write: as if it had failed, silently
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> bool:
     """Writes `{tag: value}` at `step`; returns whether anything could be written."""

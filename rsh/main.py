@@ -42,6 +42,17 @@ _ALLOW_CHANGE = flags.DEFINE_bool(
     "Resume into a workdir whose config.json differs from this config (eval.* and "
     "evals.* keys and train.num_steps / *_every may always change).")
 
+# A multi-host run (rsh.distributed): one process per host or accelerator, joined
+# by jax.distributed; `launch/` starts them. Without these (or JAX_COORDINATOR_ADDRESS,
+# JAX_NUM_PROCESSES, JAX_PROCESS_ID, or a SLURM step / Cloud TPU slice JAX detects),
+# one process.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0's coordinator (a multi-host run).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Processes of a multi-host run (all hosts together).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index in [0, --num_processes).")
+
 _ALLOW_DATA = flags.DEFINE_bool(
     "allow_data_change", False,
     "Resume into a workdir whose data.json (what its run was trained on: files, labels, "
@@ -119,16 +130,17 @@ def _main(argv):
   # rsh's own progress at INFO; libraries (orbax, absl) only when they warn.
   logging.getLogger().setLevel(logging.WARNING)
   logging.getLogger("rsh").setLevel(logging.INFO)
+  try:  # XLA reads its flags when jax's backend starts: before anything runs
+    platform.set_cpu_conv(config.train.get("cpu_conv", "eigen"))
+    _join()  # before tqdm is imported: it reads TQDM_DISABLE once
+  except ValueError as e:
+    fail(str(e))
   # Imported here: a bad flag is answered before jax is loaded.
   from rsh import checkpoints
   from rsh import runs
   from rsh import train
   from rsh.workdir import WorkdirLockedError
   platform.quiet_closed_event_loops()
-  try:  # XLA reads its flags when jax's backend starts: before anything runs
-    platform.set_cpu_conv(config.train.get("cpu_conv", "eigen"))
-  except ValueError as e:
-    fail(str(e))
   try:
     results = runs.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value,
                        allow_data_change=_ALLOW_DATA.value)
@@ -138,6 +150,16 @@ def _main(argv):
     # clear line, no traceback; a diverged run keeps its last good checkpoint.
     fail(cli.error_line(e, _WORKDIR.value))
   print(runs.summary_line(results))
+
+
+def _join() -> None:
+  """Joins a multi-host run if this is one; a process other than the writer
+  then logs only warnings and shows no progress bars (process 0 speaks for all)."""
+  from rsh import distributed
+  if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):
+    if not distributed.is_writer():
+      logging.getLogger("rsh").setLevel(logging.WARNING)
+      os.environ["TQDM_DISABLE"] = "1"  # every tqdm bar, the libraries' too
 
 
 if __name__ == "__main__":

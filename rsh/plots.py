@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -12,6 +13,7 @@ if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from rsh import distributed  # noqa: E402
 from rsh.data.bands import RGB  # noqa: E402
 
 
@@ -34,9 +36,16 @@ def composite(image: np.ndarray, band_names, which: str = "true") -> np.ndarray:
 
 
 def _save(fig, path):
+  """Saves `fig` to `path` whole or not at all (a temporary file renamed into
+  place); in a multi-host run every process draws it, the writer alone saves it."""
   path = pathlib.Path(path)
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
+  try:
+    if distributed.is_writer():
+      tmp = path.with_name(f".{path.name}.tmp")  # not *.png: never listed as a figure
+      fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix[1:] or "png")
+      os.replace(tmp, path)
+  finally:
+    plt.close(fig)
 
 
 def pr_curve(metrics: dict, path) -> None:

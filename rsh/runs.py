@@ -7,6 +7,7 @@ imported by anything else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 import ml_collections
 
+from rsh import distributed
 from rsh import experiment
 from rsh import methods
 from rsh.workdir import workdir_lock
@@ -100,18 +102,21 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     experiment.write_json(workdir / "config.json", config_to_dict(config))
     started.append(step)
 
+  # Of a multi-host run's processes, the writer alone holds the lock and tidies up.
+  writer = distributed.is_writer()
   try:
-    with workdir_lock(workdir):
+    with workdir_lock(workdir) if writer else contextlib.nullcontext():
       try:
         return experiment.train_and_evaluate(config, workdir, terms=terms,
                                              evaluators=evaluators, on_start=on_start,
                                              allow_data_change=allow_data_change)
       except BaseException:
-        if not started:
+        if not started and writer:
           _undo(workdir, before)
         raise
   finally:
-    if created and not started and workdir.is_dir() and not any(workdir.iterdir()):
+    if (writer and created and not started and workdir.is_dir()
+        and not any(workdir.iterdir())):
       workdir.rmdir()
 
 

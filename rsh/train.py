@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rsh import checkpoints
 from rsh import deprecation
+from rsh import distributed
 from rsh import histories
 from rsh import platform
 from rsh import sharding
@@ -146,10 +147,12 @@ class _Run:
 
   def __init__(self, workdir: pathlib.Path, loop: LoopConfig, eval_fn, on_start):
     self.workdir, self.loop, self.eval_fn, self.on_start = workdir, loop, eval_fn, on_start
+    # Every process saves and restores the checkpoints (orbax); one writes the rest.
     self.manager = checkpoints.open_manager(workdir / "checkpoints", loop.max_to_keep)
-    self.history = histories.EvalHistory(workdir / "eval_history.jsonl")
-    self.pending = histories.PendingEval(workdir / "pending_eval.json")
-    self.writer = histories.SummaryWriter(workdir / "tensorboard")
+    self.writes = write = distributed.is_writer()
+    self.history = histories.EvalHistory(workdir / "eval_history.jsonl", write)
+    self.pending = histories.PendingEval(workdir / "pending_eval.json", write)
+    self.writer = histories.SummaryWriter(workdir / "tensorboard", write)
     self.eval_every = loop.eval_every or loop.num_steps
     self.checkpoint_every = loop.checkpoint_every or loop.num_steps
     self.pbar = self.train_log = None
@@ -169,7 +172,8 @@ class _Run:
                   "reported", self.workdir / "checkpoints", start, self.loop.num_steps, start)
     if self.latest is not None:
       self._started()
-    self.train_log = histories.TrainHistory(self.workdir / "train_history.jsonl", start)
+    self.train_log = histories.TrainHistory(self.workdir / "train_history.jsonl", start,
+                                            self.writes)
 
   def _started(self) -> None:
     if self.on_start is not None:
@@ -185,7 +189,7 @@ class _Run:
         and not self.history.has(latest)):
       log.info("step %d was saved but not evaluated (interrupted): evaluating it now", latest)
       self.evaluate(latest, self.pending.metrics(latest))
-    self.pbar = _progress(self.start, num_steps, enabled=self.loop.progress)
+    self.pbar = _progress(self.start, num_steps, enabled=self.loop.progress and self.writes)
     self.clock = time.time(), self.start
     metrics = None
     for step in range(self.start, num_steps):

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "rsh"
 # Bottom to top; a module belongs to the layer of its longest matching prefix.
 LAYERS = (
     ("foundations", ("rsh", "rsh.hamming", "rsh.shallow", "rsh.spectral", "rsh.models", "rsh.paper",
-                     "rsh.losses", "rsh.data", "rsh.cli", "rsh.config_lib", "rsh.platform",
+                     "rsh.losses", "rsh.data", "rsh.cli", "rsh.config_lib", "rsh.platform", "rsh.distributed",
                      "rsh.workdir", "rsh.deprecation", "rsh.augment", "rsh.kmeans")),
     ("backbone weights", ("rsh.weights",)),
     ("ranking", ("rsh.ranking",)),

@@ -44,6 +44,7 @@ import zlib
 
 import numpy as np
 
+from rsh import distributed
 from rsh.data.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def write(path: pathlib.Path | None, ds: Dataset, origin: object = None) -> None
   `origin` (any JSON value, or None): where the entry comes from, without the
   file stats; once written, the other entries of the same origin are removed.
   """
-  if path is None:
+  if path is None or not distributed.is_writer():  # a multi-host run's writer alone
     return
   if origin is not None:
     origin = json.loads(json.dumps(origin))  # tuples as lists, as read back

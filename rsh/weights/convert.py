@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from rsh import distributed
 from rsh.weights import torch_pickle
 from rsh.weights.torch_pickle import StateDict
 
@@ -184,7 +185,10 @@ def save_variables(path: str | os.PathLike, variables: Mapping) -> None:
 
 def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
   """`np.savez(path, **arrays)` through a temporary file in the same directory,
-  renamed into place: a reader never sees a half-written file."""
+  renamed into place: a reader never sees a half-written file. In a multi-host
+  run only the writer (process 0) writes: the others use what they made in memory."""
+  if not distributed.is_writer():
+    return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
