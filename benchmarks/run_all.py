@@ -47,6 +47,7 @@ def commands(full: bool, torch: bool) -> dict[str, list[str]]:
       "features": ["features.py", "--n=256", "--batch_sizes=64", "--repeats=1"],
       "frozen_backbone": ["frozen_backbone.py", "--steps=5" if full else "--steps=2"],
       "storage": ["storage.py"] + ([] if full else ["--quick"]),
+      "scaling": ["scaling.py"] + ([] if full else ["--quick"]),
   }
 
 
@@ -98,6 +99,13 @@ def headline(name: str, r: dict) -> list[tuple[str, str, str]]:
                    f"{row['bits']}-bit codes ({row['codes_bytes_per_image']} B/image), ms",
                    f"{row['codes_query_ms']:.3f}",
                    f"{row['features_query_ms'] / row['codes_query_ms']:.0f}x float features"))
+  elif name == "scaling":
+    for run in ("uahm", "crossmodal"):
+      if run in r:
+        m = r[run]
+        rows.append((f"{run} step b{m['batch']} ({m['flop_per_image'] / 1e9:.2f} GFLOP/img), "
+                     f"img/s; full run on 8 x H100, h", f"{m['img_per_s']:.1f}",
+                     f"{m['h100x8_h'] + m['h100x8_host_h']:.3f} h (estimate)"))
   return rows
 
 

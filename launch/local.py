@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-STOP_GRACE_S = 10.0   # SIGTERM, then SIGKILL after this long
+STOP_GRACE_S = 5.0    # SIGTERM, then SIGKILL after this long
 
 
 def free_port() -> int:
@@ -123,7 +123,7 @@ def launch(num_processes: int, flags: list[str], port: int | None = None,
   signal.signal(signal.SIGINT, on_signal)
   code = 0
   try:
-    while any(p.poll() is None for p in procs):
+    while [p.poll() for p in procs].count(None):  # every one polled, each time
       failed = [(i, p.returncode) for i, p in enumerate(procs)
                 if p.returncode not in (None, 0)]
       if failed:
@@ -137,8 +137,12 @@ def launch(num_processes: int, flags: list[str], port: int | None = None,
     _stop(procs)
     for t in relays:
       t.join(timeout=5)
-  if not code:
-    code = next((_code(p.returncode) for p in procs if p.returncode), 0)
+  if not code:  # all ended by themselves: the first failure's code, if any
+    failed = [(i, _code(p.returncode)) for i, p in enumerate(procs) if p.returncode]
+    if failed:
+      code = failed[0][1]
+      print(f"launch/local.py: process {failed[0][0]} exited with code {code}",
+            file=sys.stderr, flush=True)
   return code
 
 

@@ -30,24 +30,22 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Environments in which JAX finds the coordinator, the process count and the
-# process id itself (`jax.distributed.initialize()` without arguments).
-_AUTO = {
-    "SLURM": lambda env: int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_STEP_ID" in env,
-    "Cloud TPU": lambda env: "," in env.get("TPU_WORKER_HOSTNAMES", ""),
-}
+def _slurm_step(env: Mapping[str, str]) -> bool:
+  """Inside `srun` with more than one task: JAX reads the rest from SLURM."""
+  return int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_STEP_ID" in env
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, env: Mapping[str, str] | None = None) -> bool:
+               process_id: int | None = None, *, detect: bool = False,
+               env: Mapping[str, str] | None = None) -> bool:
   """Joins the processes of a multi-host run; returns whether it is one.
 
   From the arguments (`rsh.main`'s --coordinator_address, --num_processes,
   --process_id; `launch/local.py` passes them), else JAX's own environment
-  variables (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), else
-  what JAX detects itself: a SLURM job step of more than one task (`srun`), or
-  a Cloud TPU slice of more than one host. Otherwise nothing is done: one
-  process. Must run before anything starts JAX's backend.
+  variables (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), else,
+  with `detect` (--multihost) or inside a SLURM job step of more than one task,
+  what JAX finds itself (SLURM, a Cloud TPU slice, Open MPI). Otherwise nothing
+  is done: one process. Must run before anything starts JAX's backend.
 
   Raises:
     ValueError: an incomplete or inconsistent set of arguments.
@@ -70,13 +68,17 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if n == 1:
       return False
     jax.distributed.initialize(**given)
+  elif detect or _slurm_step(env):
+    try:
+      jax.distributed.initialize()  # JAX reads the cluster's own variables
+    except ValueError as e:
+      raise ValueError(f"--multihost: JAX found no cluster to join ({e}); give "
+                       "--coordinator_address, --num_processes and --process_id") from None
   else:
-    found = [name for name, detect in _AUTO.items() if detect(env)]
-    if not found:
-      return False
-    jax.distributed.initialize()  # JAX reads the cluster's own variables
-    log.info("%s: process %d of %d", found[0], jax.process_index(), jax.process_count())
-  return True
+    return False
+  log.info("process %d of %d (%d devices in all, %d here)", jax.process_index(),
+           jax.process_count(), jax.device_count(), jax.local_device_count())
+  return jax.process_count() > 1
 
 
 def _int(value, text: str | None, name: str) -> int | None:

@@ -330,6 +330,8 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
                          timings=timings)
   results["data_digest"] = fp["digest"]
   write_json(workdir / "results.json", results)  # before the figures: nothing lost
+  if not distributed.is_writer():
+    return results  # figures are the writer's alone (drawn from what it holds)
   try:
     _figures(workdir, config, data, method, evals, results, distributed.host_local(state))
     # Recorded once all are drawn: a run stopped while drawing them lacks the key
@@ -344,6 +346,8 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
 
 
 def _figures(workdir, config, data, method: rmethod.Method, evals, results, state) -> None:
+  """The run's figures, by the writer alone in a multi-host run: from `state`
+  (its own copy) and what the evaluators kept, never through collectives."""
   from rsh import plots  # matplotlib only when figures are drawn
   # Every baseline as a reference line: the level the codes are to beat.
   def label(name):  # "itq_efficientnet_lite0" -> "ITQ (efficientnet_lite0)"

@@ -52,6 +52,9 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "Processes of a multi-host run (all hosts together).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index in [0, --num_processes).")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Join a multi-host run whose coordinator, process count and id JAX "
+    "finds itself (a Cloud TPU slice, SLURM, Open MPI); launch/tpu_vm.sh sets it.")
 
 _ALLOW_DATA = flags.DEFINE_bool(
     "allow_data_change", False,
@@ -156,7 +159,8 @@ def _join() -> None:
   """Joins a multi-host run if this is one; a process other than the writer
   then logs only warnings and shows no progress bars (process 0 speaks for all)."""
   from rsh import distributed
-  if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):
+  if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                            detect=_MULTIHOST.value):
     if not distributed.is_writer():
       logging.getLogger("rsh").setLevel(logging.WARNING)
       os.environ["TQDM_DISABLE"] = "1"  # every tqdm bar, the libraries' too
