@@ -29,7 +29,11 @@ import sys
 import threading
 import time
 
-STOP_GRACE_S = 5.0    # SIGTERM, then SIGKILL after this long
+# SIGTERM, then SIGKILL after this long: after Ctrl-C / SIGTERM (a checkpoint being
+# written is finished first), after a process died (the others wait in a collective
+# for a peer that is gone: nothing left to save).
+STOP_GRACE_S = 30.0
+PEER_LOST_GRACE_S = 2.0
 
 
 def free_port() -> int:
@@ -78,11 +82,11 @@ def _relay(i: int, stream) -> None:
     sys.stderr.flush()
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
+def _stop(procs: list[subprocess.Popen], grace: float) -> None:
   for p in procs:
     if p.poll() is None:
       p.send_signal(signal.SIGTERM)
-  deadline = time.time() + STOP_GRACE_S
+  deadline = time.time() + grace
   for p in procs:
     try:
       p.wait(max(0.0, deadline - time.time()))
@@ -134,7 +138,7 @@ def launch(num_processes: int, flags: list[str], port: int | None = None,
         break
       time.sleep(0.2)
   finally:
-    _stop(procs)
+    _stop(procs, STOP_GRACE_S if stopping else PEER_LOST_GRACE_S)
     for t in relays:
       t.join(timeout=5)
   if not code:  # all ended by themselves: the first failure's code, if any

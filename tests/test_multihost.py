@@ -85,6 +85,15 @@ def _env(devices: int = 1, record: pathlib.Path | None = None) -> dict[str, str]
   return env
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """The 2-process runs (whole, killed, resumed) compile the same programs once."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax-cache")))
+    mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+    yield
+
+
 def _flags(name: str, workdir: pathlib.Path) -> list[str]:
   return [f"--config={CONFIGS[name]}", f"--workdir={workdir}", *LOOP,
           "--config.train.progress=True"]
@@ -141,7 +150,10 @@ def _killed_then_resumed(name: str, workdir: pathlib.Path, victim: int) -> tuple
   return first, proc.stdout
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+# The cross-modal runs are the slow suite's (`pytest -m slow`): the UAHM ones, a GAN
+# of two networks, cover the same paths in the default one.
+@pytest.fixture(scope="module", params=[
+    pytest.param("crossmodal", marks=pytest.mark.slow), "uahm"])
 def runs(request, tmp_path_factory):
   """The smoke run of a config, made 1 process x 2 devices and 2 processes."""
   name = request.param
