@@ -30,6 +30,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+
 def _slurm_step(env: Mapping[str, str]) -> bool:
   """Inside `srun` with more than one task: JAX reads the rest from SLURM."""
   return int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_STEP_ID" in env

@@ -316,8 +316,7 @@ def train_and_evaluate(config, workdir, terms: Mapping[str, Any] | None = None,
   evaluate = _Evaluations(evals, loop.num_steps)
 
   def started(step: int) -> None:
-    if distributed.is_writer():
-      fingerprint.write(workdir, fp)
+    fingerprint.write(workdir, fp)
     if on_start is not None:
       on_start(step)
 

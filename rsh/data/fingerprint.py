@@ -18,6 +18,7 @@ import pathlib
 
 import numpy as np
 
+from rsh import distributed
 from rsh.data.bands import DataError
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ def read(workdir: str | os.PathLike) -> dict | None:
 
 
 def write(workdir: str | os.PathLike, fp: dict) -> None:
+  """Records `fp` as the workdir's data.json; in a multi-host run, by the writer alone."""
+  if not distributed.is_writer():
+    return
   path = pathlib.Path(workdir) / FILE
   tmp = path.with_suffix(".json.tmp")
   tmp.write_text(json.dumps(fp, indent=1, sort_keys=True) + "\n")
