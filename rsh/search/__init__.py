@@ -28,7 +28,11 @@ One job per module: `rsh.search.topk` (`search`), `rsh.search.radius`
 (`radius_search`), `rsh.search.cosine` (`cosine_search`), `rsh.search.sharded`
 (`sharded_search`), `rsh.search.faiss_io` (`to_faiss`, `from_faiss`) and
 `rsh.search.resident` (`ResidentArchive`, `topk_words`: the archive laid out once
-on the device, for repeated small query batches and one-call encode + search).
+on the device, for repeated small query batches and one-call encode + search),
+`rsh.search.stream` (`stream_search`: the same exact top-k over an archive larger
+than memory, e.g. a memory-mapped code file of `rsh.search.codefile`, read chunk by
+chunk and merged by `(distance, global index)` with `merge_topk`, also across
+processes).
 """
 
 from rsh.search.cosine import cosine_search
@@ -36,9 +40,11 @@ from rsh.search.faiss_io import from_faiss, to_faiss
 from rsh.search.radius import radius_search
 from rsh.search.resident import ResidentArchive, packed_words, pruning_levels, topk_words
 from rsh.search.sharded import sharded_search
+from rsh.search.stream import merge_topk, stream_search
 from rsh.search.topk import GROUP, SUPERGROUP, search
 
 __all__ = [
     "search", "radius_search", "cosine_search", "sharded_search", "to_faiss", "from_faiss",
     "ResidentArchive", "topk_words", "packed_words", "pruning_levels",
+    "stream_search", "merge_topk",
 ]
