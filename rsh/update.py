@@ -9,7 +9,7 @@ hashing MLP on frozen features one.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import flax.struct
 import jax
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rsh import hamming
 from rsh import losses as rlosses
 
 
@@ -118,18 +119,84 @@ def update_net_from(net: NetState, tx: optax.GradientTransformation, y: Any, pul
   return new, {f"{prefix}_loss": total, **{f"{prefix}/{k}": v for k, v in values.items()}}
 
 
+# Rows per block of a streamed encoding (`stream_codes` over a method's encoder):
+# a multiple of the encoders' own chunks (64 and 256 rows in `in_batches`, 1024 in
+# `rsh.shallow.project`), so every row meets the same chunk, at the same place, as
+# in one whole-set call: the codes are bit for bit the same.
+ENCODE_BLOCK = 4096
+
+
+def iter_batches(fn: Callable[[Any], Mapping[str, Any]], rows, batch_size: int = 256, *,
+                 pad: bool = True, start: int = 0) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+  """`fn` over consecutive blocks of `rows`, one block's outputs at a time, on the host.
+
+  Args:
+    fn: `rows[lo:hi] -> {name: array[m, ...]}` (a jitted forward pass, or a whole
+      `rsh.method.Encode` bound to its state).
+    rows: anything with `len` and slicing (an array, `Prepared.x`'s lazy pixels).
+    pad: pad the last block with zero rows to `batch_size` (a fixed shape: one
+      compilation for the whole archive); off for an `fn` that pads itself.
+    start: the first row (a resumed encoding).
+
+  Yields:
+    `(lo, {name: np.ndarray[m, ...]})`: the outputs of rows `lo..lo + m`, padding cut.
+    Nothing here keeps a block once it is yielded, so a consumer that drops it
+    holds one block of outputs at a time.
+  """
+  for lo in range(start, len(rows), batch_size):
+    chunk = rows[lo:lo + batch_size]
+    m = len(chunk)
+    if pad and m < batch_size:  # a fixed shape: one compilation for the whole archive
+      chunk = np.concatenate([chunk, np.zeros((batch_size - m,) + chunk.shape[1:], chunk.dtype)])
+    out = jax.device_get(fn(chunk))
+    del chunk
+    block = {k: v[:m] for k, v in out.items()}
+    del out  # the padded outputs: only `block` may outlive the yield
+    yield lo, block
+    del block
+
+
 def in_batches(fn: Callable[[jax.Array], Mapping[str, jax.Array]], images,
                batch_size: int = 256) -> dict[str, np.ndarray]:
-  """`fn` over `images` in fixed-size chunks (one compilation), on the host."""
-  outs = []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:  # a fixed shape: one compilation for the whole archive
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    out = jax.device_get(fn(chunk))
-    outs.append({k: v[:batch_size - pad] for k, v in out.items()})
+  """`fn` over `images` in fixed-size chunks (one compilation), on the host: every
+  output of every row, concatenated (`iter_batches`' blocks)."""
+  outs = [out for _, out in iter_batches(fn, images, batch_size)]
   return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def stream_codes(fn: Callable[[Any], Mapping[str, Any]], rows, key: str, sink,
+                 batch_size: int = 256, *, pad: bool = True, start: int = 0, ids=None,
+                 check: Callable[[Mapping[str, np.ndarray]], None] | None = None) -> int:
+  """Packed sign codes of `fn(rows)[key]`, handed to `sink` a block at a time.
+
+  Each block's `hamming.pack_codes(out[key] >= 0)` (uint8[m, l // 8]) goes to
+  `sink.append(codes)`, or `sink.append(codes, ids[lo:lo + m])` when `ids` (int[n],
+  one per row of `rows`) is given: a list, or an `rsh.search.codefile.CodeWriter`.
+  The float outputs of one block at most are alive at a time, so an archive of
+  any size is encoded in the memory of one block (codes, 32x smaller than f32,
+  are the sink's business). Blocks as `iter_batches`' (`pad`, `start`).
+
+  Args:
+    check: called with the first block's outputs before anything is packed (e.g.
+      to refuse an encoder without `key`).
+
+  Returns:
+    The number of rows encoded (`len(rows) - start`).
+  """
+  done = 0
+  for lo, out in iter_batches(fn, rows, batch_size, pad=pad, start=start):
+    if check is not None and lo == start:
+      check(out)
+    if key not in out:
+      raise ValueError(f"the encoder has no output {key!r}; it has {sorted(out)}")
+    codes = hamming.pack_codes(np.asarray(out[key]) >= 0)
+    del out  # this block's floats go before the next block is encoded
+    if ids is None:
+      sink.append(codes)
+    else:
+      sink.append(codes, ids[lo:lo + len(codes)])
+    done += len(codes)
+  return done
 
 
 def recalibrate_batch_stats(model, params, batch_stats, images, batch_size: int,

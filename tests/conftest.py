@@ -37,7 +37,7 @@ class CliResult:
 
 # Each command line's own absl flags. Both define `--workdir` on the one global
 # FLAGS, so only the running command's flags are registered at a time.
-CLI_MODULES = ("rsh.main", "rsh.reproduce")
+CLI_MODULES = ("rsh.main", "rsh.reproduce", "rsh.encode")
 _CLI_FLAGS: dict[str, dict] = {}
 
 

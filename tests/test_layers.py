@@ -39,7 +39,7 @@ LAYERS = (
     ("workdirs", ("rsh.runs",)),
     ("restore", ("rsh.restore",)),
     ("paper tables", ("rsh.tables_ch4",)),
-    ("entry points", ("rsh.main", "rsh.reproduce")),
+    ("entry points", ("rsh.main", "rsh.reproduce", "rsh.encode")),
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from rsh import hamming
+from rsh import update
 from rsh.evaluators import base
 
 
@@ -49,55 +50,86 @@ class Retrieval(base.Evaluator):
     protocol that cannot run is refused before training, not after it."""
     self._evaluate(state, final=True, rows=2)
 
-  def _check_outputs(self, q_out, a_out) -> None:
+  def _check_outputs(self, q_shapes, a_shapes) -> None:
+    """`q_shapes` / `a_shapes`: {output: shape of one row} of each side's encoder."""
     for key in filter(None, (self.codes, self.vectors)):
-      for side, out in (("query", q_out), ("archive", a_out)):
-        if key not in out:
-          raise ValueError(f"config.evals.{self.name}: the {side} encoder has no output "
-                           f"{key!r}; it has {sorted(out)}")
-      if np.shape(q_out[key])[1:] != np.shape(a_out[key])[1:]:
+      for side, shapes in (("query", q_shapes), ("archive", a_shapes)):
+        self._has_output(side, shapes, key)
+      if q_shapes[key] != a_shapes[key]:
         raise ValueError(f"config.evals.{self.name}: {key!r} of the queries "
-                         f"({self.query_input}) has shape {np.shape(q_out[key])[1:]} and of the "
-                         f"archive ({self.archive_input}) {np.shape(a_out[key])[1:]}: they "
+                         f"({self.query_input}) has shape {q_shapes[key]} and of the "
+                         f"archive ({self.archive_input}) {a_shapes[key]}: they "
                          "cannot be compared")
+
+  def _has_output(self, side: str, shapes, key: str) -> None:
+    if key not in shapes:
+      raise ValueError(f"config.evals.{self.name}: the {side} encoder has no output "
+                       f"{key!r}; it has {sorted(shapes)}")
+
+  def _encode(self, state, side: str, cut: slice):
+    """One side ("query" or "archive"): its packed codes (uint8[n, l // 8]) or None, its float outputs
+    ({name: f32[n, ...]}) or None, and {output: shape of one row}.
+
+    With `codes` alone the set streams through the encoder a block at a time
+    (`update.stream_codes`): only codes are kept, never every row's floats.
+    `vectors` need the floats (cosine ranking), so they are kept whole.
+    """
+    view = getattr(self, f"{side}_input")
+    encode = self.ctx.encoder(view)
+    rows = self.ctx.data.x(getattr(self, side), view)[cut]
+    if self.vectors:
+      out = encode(state, rows)
+      shapes = {k: tuple(np.shape(v)[1:]) for k, v in out.items()}
+      codes = (hamming.pack_codes(np.asarray(out[self.codes]) >= 0)
+               if self.codes and self.codes in out else None)
+      return codes, out, shapes
+    shapes, blocks = {}, []
+
+    def first(out):  # the outputs' shapes, and a missing output refused by name
+      shapes.update({k: tuple(np.shape(v)[1:]) for k, v in out.items()})
+      self._has_output(side, shapes, self.codes)
+    update.stream_codes(lambda x: encode(state, x), rows, self.codes, blocks,
+                        update.ENCODE_BLOCK, pad=False, check=first)
+    return np.concatenate(blocks), None, shapes
 
   def _evaluate(self, state, final: bool, rows: int | None = None):
     data, cut = self.ctx.data, slice(rows)
-    q_out = self.ctx.encoder(self.query_input)(state, data.x(self.query, self.query_input)[cut])
-    a_out = self.ctx.encoder(self.archive_input)(
-        state, data.x(self.archive, self.archive_input)[cut])
-    self._check_outputs(q_out, a_out)
+    q_codes, q_out, q_shapes = self._encode(state, "query", cut)
+    a_codes, a_out, a_shapes = self._encode(state, "archive", cut)
+    self._check_outputs(q_shapes, a_shapes)
     ql = data.labels[data.indices(self.query)[cut]]
     al = data.labels[data.indices(self.archive)[cut]]
     out = {}
     if self.codes:
-      q, a = q_out[self.codes], a_out[self.codes]
-      primary = base.protocol(self, hamming.pack_codes(q >= 0), hamming.pack_codes(a >= 0),
-                          ql, al, final)
+      primary = base.protocol(self, q_codes, a_codes, ql, al, final)
       out.update({f"binary/{k}": v for k, v in primary.items()})
     if self.vectors:
       nonbin = base.protocol(self, q_out[self.vectors], a_out[self.vectors], ql, al, final,
-                         distance="cosine")
+                             distance="cosine")
       out.update({f"nonbinary/{k}": v for k, v in nonbin.items()})
       if not self.codes:
         primary = nonbin
     out.update(primary)
-    return q_out, a_out, out
+    # What the figures draw: the codes, or the vectors when there are no codes.
+    shown = ((q_codes, a_codes) if self.codes else
+             (q_out[self.vectors], a_out[self.vectors]))
+    return shown, out
 
   def run(self, state, final):
-    q_out, a_out, out = self._evaluate(state, final)
-    self.last = (q_out, a_out, out)
+    shown, out = self._evaluate(state, final)
+    self.last = (*shown, out)
     return out
 
   def figures(self, workdir):
     if self.last is None:
       return
     from rsh import plots  # matplotlib only when figures are drawn
-    q_out, a_out, out = self.last
+    q, a, out = self.last
     suffix = "" if self.name == "retrieval" else f"_{self.name}"
     plots.pr_curve(out, workdir / f"pr_curve{suffix}.png")
-    key = self.codes or self.vectors
-    plots.retrievals(self.ctx.data, q_out[key], a_out[key], workdir / f"retrievals{suffix}.png",
+    if self.codes:  # ±1 codes: what `plots.retrievals` binarises (>= 0) and packs again
+      q, a = (hamming.unpack_codes(c, signed=True) for c in (q, a))
+    plots.retrievals(self.ctx.data, q, a, workdir / f"retrievals{suffix}.png",
                      binary=bool(self.codes), seed=self.ctx.config.seed,
                      query=self.query, archive=self.archive,
                      query_view=self.query_input, archive_view=self.archive_input,
