@@ -173,7 +173,10 @@ def crossmodal(a, *, name: str, similarity: str | None = None) -> ml_collections
       exclude=ml_collections.FieldReference(None, field_type=str),  # "snow,cloud" | "none"
       bands=ml_collections.FieldReference(None, field_type=str),  # S2 bands loaded: ms10 | all
       limit=ml_collections.FieldReference(None, field_type=int),
-      size=ml_collections.FieldReference(None, field_type=int)))
+      size=ml_collections.FieldReference(None, field_type=int),
+      # An on-disk store of the decoded pairs (rsh.data.bigearthnet.store): made when
+      # absent, then read through memory maps (an archive larger than memory).
+      store=ml_collections.FieldReference(None, field_type=str)))
   c.optim = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8))
   c.model = ml_collections.ConfigDict(dict(
       bits=a.bits, widths=(32, 64, 128), feature_dim=256, discriminator=False,

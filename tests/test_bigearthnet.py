@@ -217,8 +217,13 @@ def test_size_averages_both_modalities(example, full):
   name = NAMES[0]
   np.testing.assert_array_equal(small.images[0, ..., small.band_names.index("B05")],
                                 tifffile.imread(example / S2 / name / f"{name}_B05.tif"))
-  s1 = full.views["s1"].reshape(6, 60, 2, 60, 2, 2).astype(np.float64).mean((2, 4))
+  # S1 is averaged as power (10^(dB / 10)), then back to dB: not the mean of the dB values.
+  power = 10 ** (full.views["s1"].astype(np.float64) / 10)
+  s1 = 10 * np.log10(power.reshape(6, 60, 2, 60, 2, 2).mean((2, 4)))
   np.testing.assert_allclose(small.views["s1"], s1, rtol=0, atol=1e-4)
+  in_db = full.views["s1"].reshape(6, 60, 2, 60, 2, 2).astype(np.float64).mean((2, 4))
+  assert (small.views["s1"] >= in_db - 1e-4).all()  # the mean power is never below (AM-GM)
+  assert (small.views["s1"] - in_db).mean() > 0.1
   for bad in (50, 0, 121, "60"):
     with pytest.raises(rdata.DataError, match="size"):
       rdata.load("bigearthnet", dir=example, cache_dir=False, size=bad)

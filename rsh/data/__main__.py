@@ -5,7 +5,9 @@ min / mean / max and the share of values clipped by `normalise` (> 4095).
 For an S2 / S1 pair set (multi-hot labels and an `s1` view, e.g.
 `--source=bigearthnet --dir=PATH` or `--source=demo_crossmodal`): the pairs,
 label frequencies, what the filters dropped (bigearthnet), the split sizes
-and per-band statistics of each modality (S2 raw DN, S1 dB).
+and per-band statistics of each modality (S2 raw DN, S1 dB). `--store=PATH`
+(bigearthnet): the pairs' on-disk store, written there first if absent
+(`rsh.data.bigearthnet.store`); without `--dir`, the store alone.
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
   parser.add_argument("--limit", type=int, default=None,
                       help="bigearthnet: keep this many seeded random pairs; demo_crossmodal: "
                            "the number of pairs (default 600)")
+  parser.add_argument("--store", default=None,
+                      help="bigearthnet: the on-disk store of the pairs (written if absent)")
   args = parser.parse_args(argv)
   # Our own progress notes (cache hit or read) only; other libraries stay quiet.
   # Removed on return: a second call (a notebook, a test) must not write to a
@@ -146,7 +150,7 @@ def _summarise(args) -> int:
   try:
     kind = args.source.partition(":")[0]
     options = dict(split=args.split, band_names=args.band_names, countries=args.countries,
-                   exclude=args.exclude, size=args.size, limit=args.limit)
+                   exclude=args.exclude, size=args.size, limit=args.limit, store=args.store)
     if kind in rdata.SOURCES and "bands" in rdata.SOURCES[kind].options:
       options["bands"] = args.bands  # read only these (bigearthnet: "all" = its 12 bands)
     options = rdata.dataset.check_options(args.source, n_per_class=args.n_per_class,
@@ -160,7 +164,8 @@ def _summarise(args) -> int:
     else:
       ds = rdata.load(args.source, dir=args.dir, cache_dir=args.cache_dir, seed=args.seed,
                       n_per_class=args.n_per_class, **options)
-    ds = rdata.select_bands(ds, args.bands)
+    if rdata.band_indices(ds.band_names, args.bands) != list(range(len(ds.band_names))):
+      ds = rdata.select_bands(ds, args.bands)  # a copy: only when it selects something
   except (rdata.DataError, ValueError) as e:
     # Bad input is the user's to fix: one clear line, no traceback.
     print(f"error: {e}", file=sys.stderr)

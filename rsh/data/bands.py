@@ -151,10 +151,21 @@ def to_signed(x):
   return out
 
 
-def channel_stats(x: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+# channel_stats' float64 copy of a chunk holds at most this many values (256 MB):
+# 512 rows of 64 x 64 x 13 EuroSAT pixels, 232 of 120 x 120 x 10 BigEarthNet ones.
+_STATS_VALUES = 1 << 25
+
+
+def channel_stats(x, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel mean and std (float64 accumulation, std at least 1e-6) of f32[n, ..., c],
-  e.g. the training rows a method standardises its inputs with."""
+  e.g. the training rows a method standardises its inputs with.
+
+  `x` is an array or any row-sliceable array-like (`rsh.data.lazy.Rows` of an
+  archive on disk): read `chunk` rows at a time, fewer when its rows are large,
+  so only one chunk (at most 256 MB as float64) is ever in memory.
+  """
   c = x.shape[-1]
+  chunk = max(1, min(chunk, _STATS_VALUES // max(1, int(np.prod(x.shape[1:])))))
   s, s2, count = np.zeros(c), np.zeros(c), 0
   for i in range(0, len(x), chunk):
     v = np.asarray(x[i:i + chunk], np.float64).reshape(-1, c)

@@ -6,6 +6,13 @@ labels, the pixels (each view a source loads beside them too) and the split.
 A resumed run and `rsh.restore.load_run` compare it with the workdir's: data
 changed under a workdir (a file added, edited or removed) is refused naming
 what changed, instead of mixing two datasets into one run's results.
+
+Arrays are digested in chunks of rows, so an archive on disk (a memory map, or
+a `rsh.data.lazy.Bands` of one) is read through once, never copied whole; a
+memory map that carries `content_digest` (set by a finished BigEarthNet store,
+`rsh.data.bigearthnet.store`, which computed it with `digest_array` and checks its
+files are unchanged since) is not read at all. Either way the digest is the
+same as of the same numbers in memory.
 """
 
 from __future__ import annotations
@@ -33,16 +40,31 @@ class DataChangedError(DataError):
   """The data loaded now is not what the workdir's run was trained on."""
 
 
-def _digest_array(x) -> str:
+def digest_array(x, on_rows=None) -> str:
+  """blake2b-128 of `x`'s dtype, shape and bytes (C order), read in chunks of rows.
+
+  Args:
+    x: an array, or any array-like with `shape`, `dtype` and row slicing
+      (`rsh.data.lazy.Bands`); a memory map is read chunk by chunk. Its
+      `content_digest` attribute, when it has one, is returned unread.
+    on_rows: called with the number of rows digested so far (a progress bar).
+  """
+  known = getattr(x, "__dict__", {}).get("content_digest")
+  if known is not None:
+    return known
   h = hashlib.blake2b(digest_size=16)
-  x = np.asarray(x)
-  h.update(f"{x.dtype.str}{x.shape}".encode())
-  if x.ndim == 0 or not x.size:
+  if not (hasattr(x, "shape") and hasattr(x, "dtype")) or not len(x.shape):
+    x = np.asarray(x)
+  shape = tuple(int(d) for d in x.shape)
+  h.update(f"{np.dtype(x.dtype).str}{shape}".encode())
+  if not shape or not int(np.prod(shape)):
     h.update(np.ascontiguousarray(x).tobytes())
     return h.hexdigest()
-  rows = max(1, _CHUNK // max(1, x[0].nbytes))
-  for i in range(0, len(x), rows):
+  rows = max(1, _CHUNK // max(1, np.asarray(x[0]).nbytes))
+  for i in range(0, shape[0], rows):
     h.update(np.ascontiguousarray(x[i:i + rows]).data)
+    if on_rows is not None:
+      on_rows(min(i + rows, shape[0]))
   return h.hexdigest()
 
 
@@ -60,10 +82,10 @@ def fingerprint(prepared) -> dict:
       "rows": int(len(prepared.labels)),
       "classes": ds.counts(),
       "sets": {name: int(len(prepared.indices(name))) for name in prepared.set_names},
-      "labels": _digest_array(prepared.labels),
-      "pixels": _digest_array(prepared.images),
-      "views": {name: _digest_array(v) for name, v in sorted((ds.views or {}).items())},
-      "split": _digest_text(_digest_array(getattr(split, s)) for s in split._fields),
+      "labels": digest_array(prepared.labels),
+      "pixels": digest_array(prepared.images),
+      "views": {name: digest_array(v) for name, v in sorted((ds.views or {}).items())},
+      "split": _digest_text(digest_array(getattr(split, s)) for s in split._fields),
       "files": None if files is None else _digest_text(files),
   }
   if files is not None and len(files) <= MAX_NAMES:

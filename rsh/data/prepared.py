@@ -14,6 +14,10 @@ derived name ("efficientnet_lite0") means its derived view. Labels are
 `int32[n]` classes or multi-hot `uint8[n, c]`; sets are named ("query",
 "archive", "train", plus any split a source ships in `Dataset.splits`).
 
+Data on disk (a BigEarthNet store's memory maps, `rsh.data.lazy.on_disk`) is never
+read whole: the bands are selected per row read (`lazy.Bands`), and the sets and
+training rows of every view are `lazy.Rows`, gathered per batch or block.
+
 `with_training_rows(prepared, images, labels, origin)` adds rows to the training
 set only (e.g. a generator's images, `rsh.generated`): the query and archive
 rows, and every view of them, stay byte for byte what they were.
@@ -32,6 +36,7 @@ import numpy as np
 
 from rsh.data import bands as rbands
 from rsh.data import dataset as rdataset
+from rsh.data import lazy as rlazy
 from rsh.data import split as rsplit
 
 log = logging.getLogger(__name__)
@@ -93,6 +98,7 @@ class Prepared:
 
   `images` are raw digital numbers (uint16) of the selected bands, so large
   archives stay 4x smaller than as float; `signed` chunks are made on demand.
+  On disk (`lazy.on_disk`): the source's memory map, or a `lazy.Bands` of it.
   """
   dataset: Any                    # rsh.data.Dataset, all bands as loaded
   images: np.ndarray              # uint16[n, 64, 64, c], the config's bands
@@ -137,8 +143,11 @@ class Prepared:
 
   def signed(self, idx) -> np.ndarray:
     """f32[len(idx), 64, 64, c] in [-1, 1]: what the networks see."""
-    return np.asarray(rbands.to_signed(rbands.normalise(self.images[idx], self.max_dn)),
-                      np.float32)
+    return self._scale(self.images[idx])
+
+  def _scale(self, dn) -> np.ndarray:
+    """f32 in [-1, 1] of raw digital numbers `dn` (elementwise)."""
+    return np.asarray(rbands.to_signed(rbands.normalise(dn, self.max_dn)), np.float32)
 
   # ----------------------------------------------------------------------- views
 
@@ -176,21 +185,28 @@ class Prepared:
     return self._views[name]
 
   def x(self, name: str, view: str | None = PIXELS):
-    """The named set's rows of a view (pixels sliced on demand)."""
+    """The named set's rows of a view (pixels, and any view on disk, read on demand:
+    `lazy.Rows`)."""
     idx = self.indices(name)
     if self.view_name(view) == PIXELS:
       return _Lazy(self, idx)
-    return self.view(view)[idx]
+    rows = self.view(view)
+    return rlazy.Rows(rows, idx) if rlazy.on_disk(rows) else rows[idx]
 
-  def train_rows(self, view: str | None = PIXELS) -> np.ndarray:
-    """The training set's rows of a view, in memory: batches are cut from them."""
+  def train_rows(self, view: str | None = PIXELS) -> np.ndarray | rlazy.Rows:
+    """The training set's rows of a view, in memory: batches are cut from them; on disk,
+    a `lazy.Rows` that reads each batch's rows (the same numbers)."""
     if self.view_name(view) == PIXELS:
       return self.train_x
-    return np.asarray(self.x("train", view))
+    rows = self.x("train", view)
+    return rows if isinstance(rows, rlazy.Rows) else np.asarray(rows)
 
   @functools.cached_property
-  def train_x(self) -> np.ndarray:
-    """f32[n_train, 64, 64, c] in [-1, 1], held in memory: batches are cut from it."""
+  def train_x(self) -> np.ndarray | rlazy.Rows:
+    """f32[n_train, 64, 64, c] in [-1, 1], held in memory: batches are cut from it;
+    on disk, a `lazy.Rows` that scales each batch's rows as it reads them."""
+    if rlazy.on_disk(self.images):
+      return _Lazy(self, self.split.train)
     return rbands.to_signed(rbands.normalise(self.images[self.split.train], self.max_dn))
 
   def rgb(self, idx) -> np.ndarray | None:
@@ -206,19 +222,13 @@ class Prepared:
     return np.asarray(rbands.normalise(images[idx][..., sel], self.max_dn), np.float32)
 
 
-class _Lazy:
-  """An index range of `Prepared.signed`, sliced without materialising it all."""
+class _Lazy(rlazy.Rows):
+  """Rows `idx` of `Prepared.signed`, sliced without materialising them all
+  (`x[:]` is itself; `np.asarray(x)` all of them)."""
 
   def __init__(self, prepared: Prepared, idx: np.ndarray):
-    self.prepared, self.idx = prepared, idx
-    self.shape = (len(idx),) + prepared.images.shape[1:]
-    self.dtype = np.float32
-
-  def __len__(self):
-    return len(self.idx)
-
-  def __getitem__(self, s):
-    return self.prepared.signed(self.idx[s])
+    super().__init__(prepared.images, idx, transform=prepared._scale, dtype=np.float32)
+    self.prepared = prepared
 
 
 def with_training_rows(prepared: Prepared, images: np.ndarray, labels: np.ndarray,
@@ -295,6 +305,15 @@ def official_split(ds, n_query: int | None, n_train: int | None, seed: int) -> r
   return rsplit.Split(query, archive, train)
 
 
+def _select(images, sel: list[int]):
+  """The bands `sel` of images [n, h, w, b]: `images` itself when `sel` is all of them
+  in order (nothing writes to either, so no copy is needed); else a copy in memory,
+  or on disk a `lazy.Bands`, which selects per row read: never a copy of the archive."""
+  if sel == list(range(images.shape[-1])):
+    return images
+  return rlazy.Bands(images, sel) if rlazy.on_disk(images) else images[..., sel]
+
+
 def prepare(config) -> Prepared:
   """Loads `config.data`, selects its bands and makes the seeded split.
 
@@ -331,7 +350,7 @@ def prepare(config) -> Prepared:
            d.source, len(labels), len(ds.class_names), " ".join(bands),
            len(split.query), len(split.archive), len(split.train))
   options = {"weights": d.get("weights")} if d.get("weights") else {}
-  out = Prepared(dataset=ds, images=ds.images[..., sel], labels=ds.labels,
+  out = Prepared(dataset=ds, images=_select(ds.images, sel), labels=ds.labels,
                  band_names=tuple(bands), split=split, feature_options=options,
                  max_dn=int(d.get("max_dn", rbands.MAX_DN)))
   out.view_name(d.get("input"))  # an unknown view is named before anything is trained

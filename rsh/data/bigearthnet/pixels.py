@@ -3,6 +3,8 @@ backscatter in dB (f32), optionally area-averaged to a smaller side."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import pathlib
 
@@ -78,6 +80,18 @@ def file_stats(found, band_names: tuple[str, ...], i: int) -> list[tuple]:
   return out
 
 
+def files_digest(found, band_names: tuple[str, ...], progress: bool | None) -> str:
+  """sha256 of the names, sizes, mtimes and ctimes of every file the pairs of the
+  `Scan` `found` read (`file_stats`): what identifies their content without
+  reading it (a content write always moves the ctime, even when the mtime is set
+  back). Keys the cache and identifies a store's source."""
+  digest = hashlib.sha256()
+  for stats in rfiles.parallel_map(lambda i: file_stats(found, band_names, i), len(found),
+                                   progress, "checking files", unit="patch"):
+    digest.update(json.dumps(stats).encode())
+  return digest.hexdigest()
+
+
 def read_pairs(found, band_names: tuple[str, ...], size: int, progress: bool | None
                ) -> tuple[np.ndarray, np.ndarray]:
   """The pixels of every pair of the `Scan` `found`, read in parallel.
@@ -89,26 +103,36 @@ def read_pairs(found, band_names: tuple[str, ...], size: int, progress: bool | N
   n = len(found)
   images = np.empty((n, size, size, len(band_names)), np.uint16)
   s1 = np.empty((n, size, size, len(S1_CHANNELS)), np.float32)
+  read_into(found, band_names, size, images, s1, 0, n, progress)
+  return images, s1
+
+
+def read_into(found, band_names: tuple[str, ...], size: int, images, s1, start: int,
+              stop: int, progress: bool | None) -> None:
+  """Pairs [start, stop) of the `Scan` `found`, read in parallel into `images`
+  (uint16[stop - start, size, size, b]) and `s1` (f32[stop - start, size, size, 2]),
+  pair i into row i - start: arrays in memory, or a chunk of an on-disk store's
+  memory maps (`rsh.data.bigearthnet.store`)."""
 
   def read(i):
     (what2, folder2, names2), (what1, folder1, names1) = pair_files(found, band_names, i)
     for j, band in enumerate(band_names):
       x = read_band(folder2 / names2[j], what2, GRID // UPSAMPLE[band])
       x = np.repeat(np.repeat(x, UPSAMPLE[band], axis=0), UPSAMPLE[band], axis=1)
-      images[i, :, :, j] = x if size == GRID else np.rint(area_mean(x, size))
+      images[i - start, :, :, j] = x if size == GRID else np.rint(area_mean(x, size))
     for j in range(len(S1_CHANNELS)):
       x = read_band(folder1 / names1[j], what1, GRID, db=True)
-      s1[i, :, :, j] = x if size == GRID else area_mean(x, size)
+      s1[i - start, :, :, j] = x if size == GRID else db_mean(x, size)
 
   # tifffile logs what it dislikes before raising; our error names the file instead.
   tiff_log = logging.getLogger("tifffile")
   level = tiff_log.level
   tiff_log.setLevel(logging.CRITICAL)
   try:
-    rfiles.parallel_map(read, n, progress, f"reading {found.s2_root.parent}", unit="patch")
+    rfiles.parallel_map(read, stop, progress, f"reading {found.s2_root.parent}",
+                        unit="patch", start=start)
   finally:
     tiff_log.setLevel(level)
-  return images, s1
 
 
 def read_band(path: pathlib.Path, what: str, side: int, db: bool = False) -> np.ndarray:
@@ -140,3 +164,16 @@ def area_mean(x: np.ndarray, size: int) -> np.ndarray:
   """f64[size, size]: the means of the (GRID / size)^2 blocks of x[GRID, GRID]."""
   f = GRID // size
   return x.reshape(size, f, size, f).mean(axis=(1, 3), dtype=np.float64)
+
+
+def db_mean(x: np.ndarray, size: int) -> np.ndarray:
+  """f64[size, size]: the block means of backscatter x[GRID, GRID] in dB, averaged
+  as power: 10 log10(mean(10^(x / 10))).
+
+  Backscatter is a power; its dB values are logarithms, and the mean of
+  logarithms (a geometric mean) sits below the mean power of a block, the more
+  so the more speckled it is. The radar equation and any coarser S1 product
+  average the power, so a smaller patch should too.
+  """
+  power = np.power(10.0, np.asarray(x, np.float64) / 10.0)
+  return 10.0 * np.log10(area_mean(power, size))
