@@ -48,6 +48,8 @@ def commands(full: bool, torch: bool) -> dict[str, list[str]]:
       "frozen_backbone": ["frozen_backbone.py", "--steps=5" if full else "--steps=2"],
       "storage": ["storage.py"] + ([] if full else ["--quick"]),
       "scaling": ["scaling.py"] + ([] if full else ["--quick"]),
+      "faiss_ann": ["faiss_ann.py"] + (["--n=1e6"] if full else ["--quick"]),
+      "protocol_streamed": ["protocol_streamed.py"] + ([] if full else ["--archive=1000000"]),
   }
 
 
@@ -106,6 +108,13 @@ def headline(name: str, r: dict) -> list[tuple[str, str, str]]:
         rows.append((f"{run} step b{m['batch']} ({m['flop_per_image'] / 1e9:.2f} GFLOP/img), "
                      f"img/s; full run on 8 x H100, h", f"{m['img_per_s']:.1f}",
                      f"{m['h100x8_h'] + m['h100x8_host_h']:.3f} h (estimate)"))
+  elif name == "faiss_ann":
+    ivf = [x for x in r.get("ivf", []) if x["distance_recall"] >= 0.99]
+    if ivf:
+      x = ivf[0]
+      rows.append((f"FAISS IVF nprobe={x['nprobe']}, {r['n']:.0e} x {r['bits']} bits, "
+                   f"tie-aware recall@{r['k']} {x['distance_recall']:.3f}, queries/s",
+                   f"{r['exact_qps']:.0f} (exact)", f"{x['qps'] / r['exact_qps']:.1f}x exact"))
   return rows
 
 

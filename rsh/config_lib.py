@@ -55,7 +55,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
 #   smoke  — tiny, for tests.
 _BEN = {"data.source": "bigearthnet", "data.split": "official", "data.n_query": 2000,
         "data.n_train": None, **dict(zip(_LOOP, (128, 50_000, 5_000, 1_000, 100))),
-        "eval.k": 1000, "eval.n": 100, "eval.pr_step": 1000}
+        "eval.k": 1000, "eval.n": 100, "eval.pr_step": 1000,
+        # The shallow baselines on an archive larger than memory: fitted on 20,000
+        # sampled training pairs, LSH / ITQ on the patches pooled to 8 x 8 (as CCA-ITQ's);
+        # raw 120 px S2 has 144,000 dimensions, beyond any PCA here.
+        **{f"evals.{e}.fit_rows": 20_000 for e in ("lsh_s1", "lsh_s2", "itq_s1", "itq_s2",
+                                                  "cca_itq_s1_to_s2", "cca_itq_s2_to_s1")},
+        **{f"evals.{e}.pool": 8 for e in ("lsh_s1", "lsh_s2", "itq_s1", "itq_s2")}}
 CROSSMODAL_VARIANTS: dict[str, dict[str, Any]] = {
     "full": _BEN,
     "serbia": {**_BEN, "data.options.countries": ("Serbia",),

@@ -66,7 +66,8 @@ _VIEW = flags.DEFINE_string("view", None, "The data view encoded (default: the r
 _OUTPUT = flags.DEFINE_string("output", None, "The encoder output binarised (default: the "
                               "codes of the run's retrieval evaluator, else hash).")
 _BATCH = flags.DEFINE_integer("batch_size", BLOCK, "Rows encoded per block: the memory "
-                              "bound, and what a kill can lose; a multiple of 1024 keeps the "
+                              "bound, and what a kill can lose (default: 4096, fewer where 4096 rows would "
+                              "exceed 256 MB, never below 1024); a multiple of 1024 keeps the "
                               "encoders' own chunks (so the codes equal a whole-set encoding "
                               "bit for bit).", lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace whatever is at --out.")
@@ -202,7 +203,7 @@ def _encode(job: dict, out: pathlib.Path, written: list) -> None:
   from tqdm.auto import tqdm
   from rsh import update
   from rsh.search import codefile
-  batch = _BATCH.value
+  batch = _BATCH.value if _BATCH.present else update.block_rows(job["rows"], _BATCH.value)
   try:
     writer = codefile.create(out, job["count"], job["bits"], meta=job["meta"],
                              resume=not _OVERWRITE.value, overwrite=_OVERWRITE.value,

@@ -11,9 +11,43 @@ import numpy as np
 from rsh import hamming
 from rsh import shallow
 from rsh import similarity
+from rsh import update
 from rsh.evaluators import base
 
 log = logging.getLogger(__name__)
+
+
+def _pool_option(cfg, name: str, default):
+  pool = cfg.get("pool", default)
+  if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, np.integer))
+                           or pool < 1):
+    raise ValueError(f"config.evals.{name}.pool must be an integer >= 1 (or None: no "
+                     f"pooling); got {pool!r}")
+  return pool
+
+
+def _fit_sample(cfg, name: str, n: int, seed: int) -> np.ndarray | None:
+  """Sorted training rows a baseline is fitted on: `fit_rows` of them drawn from
+  `seed` (an archive too big to fit on whole), or None: all `n` rows."""
+  m = cfg.get("fit_rows")
+  if m is None:
+    return None
+  if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+    raise ValueError(f"config.evals.{name}.fit_rows must be an integer >= 1 (or None: every "
+                     f"training row); got {m!r}")
+  if m >= n:
+    return None
+  return np.sort(np.random.default_rng(seed).choice(n, int(m), replace=False))
+
+
+def _codes(h: shallow.LinearHash, x, pool) -> np.ndarray:
+  """uint8[n, l // 8] sign codes of `x`'s rows (pooled to `pool`), a block of rows at a
+  time: an on-disk set is never read whole. Blocks are multiples of 1024 rows, so
+  `shallow.project` meets the same chunks as on the whole set (the same codes)."""
+  block = update.block_rows(x)
+  out = [hamming.pack_codes(shallow.project(h, shallow.pool_rows(x[s:s + block], pool)) >= 0)
+         for s in range(0, len(x), block)]
+  return np.concatenate(out) if out else np.zeros((0, h.proj.shape[1] // 8), np.uint8)
 
 
 class Shallow(base.Baseline):
@@ -25,9 +59,13 @@ class Shallow(base.Baseline):
   e.g. "efficientnet_lite0"); `bits` defaults to `config.model.bits`, `seed`
   to `config.seed + 1`, ITQ's `iterations` to 50. `leave_one_out=True`: the query
   set ranks itself, each query without its own row (as `retrieval`'s). Computed
-  once per run.
+  once per run. For an archive larger than memory: `pool` (an image view averaged to
+  pool x pool cells first, `rsh.shallow.pool_rows`; default none) and `fit_rows`
+  (fitted on that many training rows drawn from `seed`; default all); the query and
+  archive sets are hashed a block of rows at a time either way.
   """
-  options = ("query", "archive", "bits", "seed", "input", "iterations", "leave_one_out")
+  options = ("query", "archive", "bits", "seed", "input", "iterations", "leave_one_out",
+             "pool", "fit_rows")
   kind = "lsh"
 
   def __init__(self, name, cfg, ctx):
@@ -45,8 +83,13 @@ class Shallow(base.Baseline):
 
   def compute(self):
     c, data = self.ctx.config, self.ctx.data
-    h = self.fit(data.train_rows(self.input), self.bits(), int(self.cfg.get("seed", c.seed + 1)))
-    codes = lambda s: hamming.pack_codes(shallow.project(h, data.x(s, self.input)) >= 0)
+    seed, pool = int(self.cfg.get("seed", c.seed + 1)), _pool_option(self.cfg, self.name, None)
+    train = data.train_rows(self.input)
+    sample = _fit_sample(self.cfg, self.name, len(train), seed)
+    if sample is not None:
+      train = train[sample]
+    h = self.fit(shallow.pool_rows(train, pool) if pool else train, self.bits(), seed)
+    codes = lambda s: _codes(h, data.x(s, self.input), pool)
     return self.score(codes(self.query), codes(self.archive))
 
 
@@ -64,10 +107,11 @@ class CcaItq(base.Baseline):
   `rsh.shallow.pool_rows`) and flattened; then `query_input` queries against
   the `archive_input` archive, each hashed by its view's projection. `bits`,
   `seed`, `iterations` as for ITQ; `reg` the CCA's ridge (default 1.0,
-  `rsh.shallow.fit_cca_itq`). Computed once per run.
+  `rsh.shallow.fit_cca_itq`); `fit_rows` as for ITQ (the same pairs of both views).
+  Computed once per run.
   """
   options = ("query", "archive", "query_input", "archive_input", "pair", "pool", "bits",
-             "seed", "iterations", "reg")
+             "seed", "iterations", "reg", "fit_rows")
 
   def __init__(self, name, cfg, ctx):
     super().__init__(name, cfg, ctx)
@@ -81,23 +125,22 @@ class CcaItq(base.Baseline):
     for view in self.sides:
       if view not in self.pair:
         raise ValueError(f"config.evals.{name}: view {view!r} is not one of the pair {self.pair}")
-    pool = self.cfg.get("pool", 8)
-    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, np.integer))
-                             or pool < 1):
-      raise ValueError(f"config.evals.{name}.pool must be an integer >= 1 (or None: no "
-                       f"pooling); got {pool!r}")
+    _pool_option(self.cfg, name, 8)
     self.bits()
 
   def compute(self):
     c, data = self.ctx.config, self.ctx.data
-    pool = self.cfg.get("pool", 8)
-    rows = lambda s, v: shallow.pool_rows(data.x(s, v) if s != "train" else data.train_rows(v),
-                                          pool)
+    pool, seed = _pool_option(self.cfg, self.name, 8), int(self.cfg.get("seed", c.seed + 1))
+    sample = _fit_sample(self.cfg, self.name, len(data.indices("train")), seed)
+
+    def train(v):  # the same sampled rows of both views: the pairs stay pairs
+      x = data.train_rows(v)
+      return shallow.pool_rows(x if sample is None else x[sample], pool)
+
     hashes = dict(zip(self.pair, shallow.fit_cca_itq(
-        rows("train", self.pair[0]), rows("train", self.pair[1]), self.bits(),
-        int(self.cfg.get("seed", c.seed + 1)), int(self.cfg.get("iterations", 50)),
-        float(self.cfg.get("reg", 1.0)))))
-    codes = lambda s, v: hamming.pack_codes(shallow.project(hashes[v], rows(s, v)) >= 0)
+        train(self.pair[0]), train(self.pair[1]), self.bits(), seed,
+        int(self.cfg.get("iterations", 50)), float(self.cfg.get("reg", 1.0)))))
+    codes = lambda s, v: _codes(hashes[v], data.x(s, v), pool)
     return self.score(codes(self.query, self.sides[0]), codes(self.archive, self.sides[1]))
 
 

@@ -89,7 +89,7 @@ class Retrieval(base.Evaluator):
       shapes.update({k: tuple(np.shape(v)[1:]) for k, v in out.items()})
       self._has_output(side, shapes, self.codes)
     update.stream_codes(lambda x: encode(state, x), rows, self.codes, blocks,
-                        update.ENCODE_BLOCK, pad=False, check=first)
+                        update.block_rows(rows), pad=False, check=first)
     return np.concatenate(blocks), None, shapes
 
   def _evaluate(self, state, final: bool, rows: int | None = None):

@@ -32,18 +32,27 @@ on the device, for repeated small query batches and one-call encode + search),
 `rsh.search.stream` (`stream_search`: the same exact top-k over an archive larger
 than memory, e.g. a memory-mapped code file of `rsh.search.codefile`, read chunk by
 chunk and merged by `(distance, global index)` with `merge_topk`, also across
-processes).
+processes), `rsh.search.protocol_streamed` (`evaluate_streamed`: the protocol's
+metrics over such an archive from per-distance counts, `rsh.search.distance_counts`)
+and `rsh.search.approx` (the approximate tier: FAISS `IndexBinaryIVF` /
+`IndexBinaryHNSW` built from packed codes, `approx_search`, and recall@k against
+the exact answer, plain and tie-aware).
 """
 
+from rsh.search.approx import (approx_search, distance_recall_at_k, recall_at_k, to_faiss_hnsw,
+                               to_faiss_ivf)
 from rsh.search.cosine import cosine_search
 from rsh.search.faiss_io import from_faiss, to_faiss
 from rsh.search.radius import radius_search
 from rsh.search.resident import ResidentArchive, packed_words, pruning_levels, topk_words
 from rsh.search.sharded import sharded_search
+from rsh.search.protocol_streamed import evaluate_streamed
 from rsh.search.stream import merge_topk, stream_search
 from rsh.search.topk import GROUP, SUPERGROUP, search
 
 __all__ = [
+    "to_faiss_ivf", "to_faiss_hnsw", "approx_search", "recall_at_k", "distance_recall_at_k",
+    "evaluate_streamed",
     "search", "radius_search", "cosine_search", "sharded_search", "to_faiss", "from_faiss",
     "ResidentArchive", "topk_words", "packed_words", "pruning_levels",
     "stream_search", "merge_topk",
