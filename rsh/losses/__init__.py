@@ -5,7 +5,8 @@ Two layers:
      no state, every one re-exported here (`rsh.losses.binary_loss`):
        `adversarial`  generator / discriminator GAN losses (label smoothing),
                       ACGAN's class cross-entropy, gradient penalty;
-       `hashing`      binary (eq. 5.5), quantisation, bit balance;
+       `hashing`      binary (eq. 5.5), quantisation (own or shared target),
+                      bit balance (per bit or per code);
        `contrastive`  NT-Xent, InfoNCE, angular, intra-modal top-k;
        `metric`       triplets: given, stacked (MiLAN), batch-hard, batch-all,
                       semi-hard (each with an optional row `mask`); MiLAN's
@@ -41,8 +42,9 @@ Keys the built-in terms read by default (`LOSSES`):
   ACGAN (thesis ch. 4): `classification` reads `labels` and the logits the
   config names (`real_class_logit` / `fake_class_logit`, f32[b, c]).
   No default, so the config names them: pairwise's codes_a / codes_b,
-  nt_xent's, infonce's and angular's a / b, intra_topk's x (which codes or
-  features of which modality is the method's choice).
+  nt_xent's, infonce's and angular's a / b, shared_quantisation's a / b (and
+  c / d, read only when named), intra_topk's x (which codes or features of
+  which modality is the method's choice).
 UAHM's step also offers `real_feature`, `real_image` and `fake_hash`,
 `fake_feature`, `fake_image` (D-side terms see real_* and fake_*, G-side terms
 fake_*, differentiable in G's parameters); the cross-modal step offers
@@ -64,7 +66,8 @@ import numpy as np
 from rsh.losses.adversarial import (classification_loss, discriminator_adversarial_loss,
                                     generator_adversarial_loss, gradient_penalty_loss)
 from rsh.losses.contrastive import angular_loss, infonce_loss, intra_topk_loss, nt_xent_loss
-from rsh.losses.hashing import binary_loss, bit_balance_loss, quantisation_loss
+from rsh.losses.hashing import (binary_loss, bit_balance_loss, quantisation_loss,
+                                shared_quantisation_loss)
 from rsh.losses.interclass import interclass_loss, interclass_mask
 from rsh.losses.metric import (MINERS, batch_all_loss, batch_hard_loss, code_balance_loss,
                                pairwise_distances, positive_mask, push_loss, semi_hard_loss,
@@ -80,7 +83,8 @@ __all__ = [
     "generator_adversarial_loss", "gradient_penalty_loss", "infonce_loss", "input_keys", "interclass_loss", "interclass_mask",
     "intra_topk_loss", "label_similarity", "nt_xent_loss", "pairwise_distances",
     "pairwise_similarity_loss", "positive_mask", "push_loss", "quantisation_loss", "resolve",
-    "semantic_loss", "semi_hard_loss", "stacked_triplet_loss", "total_loss", "triplet_loss",
+    "semantic_loss", "semi_hard_loss", "shared_quantisation_loss", "stacked_triplet_loss",
+    "total_loss", "triplet_loss",
 ]
 
 
@@ -122,6 +126,8 @@ LOSSES: Mapping[str, Term] = types.MappingProxyType({
                       "labels_a": "labels", "labels_b": "labels"}),
     "quantisation": Term(quantisation_loss, {"codes": "hash"}),
     "bit_balance": Term(bit_balance_loss, {"codes": "hash"}),
+    # DUCH: one target for several codes of the same items (c, d only when bound).
+    "shared_quantisation": Term(shared_quantisation_loss, {"a": None, "b": None}, ("c", "d")),
     "nt_xent": Term(nt_xent_loss, {"a": None, "b": None}),
     "infonce": Term(infonce_loss, {"a": None, "b": None}),
     "angular": Term(angular_loss, {"a": None, "b": None}),

@@ -12,20 +12,24 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rsh.losses.hashing import reduced
+
 Array = jax.Array
 
 
-def generator_adversarial_loss(fake_logits: Array) -> Array:
+def generator_adversarial_loss(fake_logits: Array, *, reduction: str = "mean") -> Array:
   """L_GA = -E_z log D(G(z)) (eq. 5.3), the non-saturating generator loss.
 
   Args:
-    fake_logits: f32[b] D's logits on generated images; D = sigmoid(logit).
+    fake_logits: f32[b] D's logits on generated images (or on any codes an
+      encoder wants D to call real); D = sigmoid(logit).
+    reduction: "mean" (eq. 5.3) or "sum" over the b logits (DUCH's public code).
 
   Returns:
     f32[] scalar. `log_sigmoid` keeps it finite (and its gradient non-zero)
     for any logit, where log(sigmoid(.)) underflows to log(0) below about -88.
   """
-  return -jnp.mean(jax.nn.log_sigmoid(fake_logits))
+  return reduced(-jax.nn.log_sigmoid(fake_logits), reduction, "generator_adversarial_loss")
 
 
 def discriminator_adversarial_loss(real_logits: Array, fake_logits: Array, *,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from rsh.losses.checks import HIGHEST, check_rank2, check_same
 from rsh.losses.checks import l2_normalise as _normalise
+from rsh.losses.hashing import reduced
 
 Array = jax.Array
 
@@ -30,7 +31,8 @@ def _cosine(a: Array, b: Array) -> Array:
   return jnp.matmul(_normalise(a), _normalise(b).T, precision=HIGHEST)
 
 
-def nt_xent_loss(a: Array, b: Array, *, temperature: float = 0.5) -> Array:
+def nt_xent_loss(a: Array, b: Array, *, temperature: float = 0.5,
+                 reduction: str = "mean") -> Array:
   """SimCLR's NT-Xent (normalised temperature-scaled cross-entropy).
 
   Over the 2b vectors z = [a; b], each L2-normalised (z / max(||z||, 1e-8)):
@@ -43,9 +45,11 @@ def nt_xent_loss(a: Array, b: Array, *, temperature: float = 0.5) -> Array:
     a: f32[b, d] representations of the first item of each pair.
     b: f32[b, d] representations of their partners (same shape).
     temperature: t > 0.
+    reduction: "mean" (per anchor) or "sum" of l_i over the 2b anchors (DUCH's
+      public code sums, which weighs the term 2b times more against other terms).
 
   Returns:
-    f32[] scalar: the mean of l_i over all 2b anchors.
+    f32[] scalar: the mean (or sum) of l_i over all 2b anchors.
   """
   where = "nt_xent_loss"
   check_rank2(where, a=a, b=b)
@@ -57,7 +61,8 @@ def nt_xent_loss(a: Array, b: Array, *, temperature: float = 0.5) -> Array:
   logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)
   partner = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
   log_p = jax.nn.log_softmax(logits, axis=1)
-  return -jnp.mean(jnp.take_along_axis(log_p, partner[:, None], axis=1))
+  return reduced(-jnp.take_along_axis(log_p, partner[:, None], axis=1), reduction,
+                 where)
 
 
 def infonce_loss(a: Array, b: Array, *, temperature: float = 0.1) -> Array:
